@@ -1,0 +1,32 @@
+# flexllm — every task a new user or CI needs, on a machine that has never seen the project.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: install test demo bench lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PY) setup.cfg setup.py pyproject.toml
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install flexllm with its test tools
+
+test: $(STAMP)  ## run the test suite (what CI runs); pytest's exit 5 (no tests collected) is not a failure
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
+
+demo: $(STAMP)  ## a real batch against the built-in mock server: progress, output file, resume
+	$(PY) -m flexllm.demo
+
+bench: $(STAMP)  ## benchmarks against a raw httpx thread-pool baseline measured in the same run
+	$(PY) benchmarks/run_all.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check flexllm tests benchmarks
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info demo-output

@@ -1,0 +1,22 @@
+"""Run every benchmark, each in its own process: `make bench` (or python benchmarks/run_all.py)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BENCHES = ["bench_throughput.py", "bench_qps.py", "bench_cache.py", "bench_memory.py"]
+
+
+def main() -> int:
+    failed = 0
+    for name in sys.argv[1:] or BENCHES:
+        print(f"== {name}", flush=True)
+        rc = subprocess.call([sys.executable, os.path.join(HERE, name)], cwd=os.path.dirname(HERE))
+        failed += rc != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

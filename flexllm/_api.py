@@ -1,0 +1,179 @@
+"""The public methods shared by every client and the pool: sync core methods and their async twins.
+
+A concrete class provides `_complete`, `_stream` and `_batch_runner`; everything else is written once
+here. Each `async def` awaits its sync twin on the object's own thread pool (DESIGN §1).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, AsyncIterator, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+from ._aio import aiter_in_thread, run_in_thread
+from ._pipeline import Outcome
+from .types import BatchResultItem, ChatCompletionResult, StreamEvent
+
+__all__ = ["ClientAPI"]
+
+logger = logging.getLogger("flexllm")
+
+Reply = Union[str, ChatCompletionResult, Dict[str, Any]]
+
+
+def check_messages(messages: Any) -> List[dict]:
+    """`messages` if it is a non-empty list of message dicts, else a ValueError saying what is wrong."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"messages must be a non-empty list of dicts like {{'role': 'user', 'content': '...'}}, "
+                         f"got {type(messages).__name__}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m:
+            raise ValueError(f"messages[{i}] must be a dict with a 'role', got {type(m).__name__}")
+    return messages
+
+
+class ClientAPI:
+    """Mixin with the user-facing methods. Subclasses set `model`, `concurrency_limit` and implement hooks."""
+
+    model: Optional[str]
+    concurrency_limit: int
+    _executor: Optional[ThreadPoolExecutor] = None
+    _executor_lock = threading.Lock()
+
+    # -- hooks ---------------------------------------------------------------------------------------
+    def _complete(self, messages: List[dict], model: str, params: Dict[str, Any], *, skip_cache: bool,
+                  read_cache: bool) -> Outcome:
+        raise NotImplementedError
+
+    def _stream(self, messages: List[dict], model: str, params: Dict[str, Any], *,
+                skip_cache: bool) -> Iterator[StreamEvent]:
+        raise NotImplementedError
+
+    def _batch_runner(self) -> Any:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections, the cache handle and the async thread pool."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False)
+
+    # -- plumbing ------------------------------------------------------------------------------------
+    def _model(self, model: Optional[str]) -> str:
+        chosen = model or self.model
+        if not chosen:
+            raise ValueError("no model given: pass model= to the client or to the call")
+        return chosen
+
+    def _pool(self) -> ThreadPoolExecutor:
+        executor = self._executor
+        if executor is None:
+            with self._executor_lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(max_workers=self.concurrency_limit + 4,
+                                                        thread_name_prefix="flexllm-async")
+                executor = self._executor
+        return executor
+
+    # -- single requests -----------------------------------------------------------------------------
+    def chat_completions_sync(self, messages: List[dict], model: Optional[str] = None, return_raw: bool = False,
+                              return_usage: bool = False, skip_cache: bool = False, **kwargs: Any) -> Reply:
+        """One reply: text by default, `ChatCompletionResult` with return_usage, the provider's JSON with return_raw.
+
+        Raises a typed `LLMError` when the request fails after retries. Raw replies are always live
+        (the cache stores results, not the provider's bytes), but they still fill the cache.
+        """
+        outcome = self._complete(check_messages(messages), self._model(model), kwargs, skip_cache=skip_cache,
+                                 read_cache=not return_raw)
+        if return_raw:
+            return outcome.raw if outcome.raw is not None else {}
+        return outcome.result if return_usage else outcome.result.content
+
+    async def chat_completions(self, messages: List[dict], model: Optional[str] = None, return_raw: bool = False,
+                               return_usage: bool = False, skip_cache: bool = False, **kwargs: Any) -> Reply:
+        """Async twin of `chat_completions_sync` (runs it on this client's thread pool)."""
+        return await run_in_thread(self._pool(), self.chat_completions_sync, messages, model, return_raw,
+                                   return_usage, skip_cache, **kwargs)
+
+    def chat_completions_stream_sync(self, messages: List[dict], model: Optional[str] = None,
+                                     skip_cache: bool = False, **kwargs: Any) -> Iterator[str]:
+        """The reply's text as it arrives. Retries happen only before the first piece is yielded."""
+        for event in self._stream(check_messages(messages), self._model(model), kwargs, skip_cache=skip_cache):
+            if event.content:
+                yield event.content
+
+    async def chat_completions_stream(self, messages: List[dict], model: Optional[str] = None,
+                                      skip_cache: bool = False, **kwargs: Any) -> AsyncIterator[str]:
+        """Async twin of `chat_completions_stream_sync`."""
+        async for piece in aiter_in_thread(
+                self._pool(), lambda: self.chat_completions_stream_sync(messages, model, skip_cache, **kwargs)):
+            yield piece
+
+    # -- batches -------------------------------------------------------------------------------------
+    def iter_chat_completions_batch(self, messages_list: Iterable[List[dict]], output_file: Optional[str] = None,
+                                    show_progress: bool = False, flush_interval: float = 1.0,
+                                    metadata_list: Optional[List[dict]] = None, model: Optional[str] = None,
+                                    skip_cache: bool = False, **kwargs: Any) -> Iterator[BatchResultItem]:
+        """Yield a `BatchResultItem` per item as it finishes (resumed items first), keeping memory bounded.
+
+        `messages_list` may be any iterable (e.g. a generator reading a file). With `output_file`, each
+        finished item is appended to it at once and a rerun resumes (DESIGN §6).
+        """
+        from .batch import BatchJob
+
+        job = BatchJob(self._batch_runner(), self._model(model), kwargs, output_file=output_file,
+                       metadata_list=metadata_list, show_progress=show_progress, flush_interval=flush_interval,
+                       skip_cache=skip_cache)
+        return job.run(messages_list)
+
+    def chat_completions_batch_sync(self, messages_list: Iterable[List[dict]], output_file: Optional[str] = None,
+                                    show_progress: bool = True, return_summary: bool = False,
+                                    flush_interval: float = 1.0, metadata_list: Optional[List[dict]] = None,
+                                    model: Optional[str] = None, skip_cache: bool = False,
+                                    **kwargs: Any) -> Union[List[Optional[str]], Tuple[List[Optional[str]], dict]]:
+        """Replies in input order (`None` for a failed item), or `(replies, summary)` with return_summary."""
+        from .batch import BatchJob
+
+        job = BatchJob(self._batch_runner(), self._model(model), kwargs, output_file=output_file,
+                       metadata_list=metadata_list, show_progress=show_progress, flush_interval=flush_interval,
+                       skip_cache=skip_cache)
+        results: List[Optional[str]] = []
+        for item in job.run(messages_list):
+            if item.index >= len(results):
+                results.extend([None] * (item.index + 1 - len(results)))
+            results[item.index] = item.content if item.status != "error" else None
+        if job.total is not None and len(results) < job.total:
+            results.extend([None] * (job.total - len(results)))
+        return (results, job.summary()) if return_summary else results
+
+    async def chat_completions_batch(self, messages_list: Iterable[List[dict]], output_file: Optional[str] = None,
+                                     show_progress: bool = True, return_summary: bool = False,
+                                     flush_interval: float = 1.0, metadata_list: Optional[List[dict]] = None,
+                                     **kwargs: Any) -> Union[List[Optional[str]], Tuple[List[Optional[str]], dict]]:
+        """Async twin of `chat_completions_batch_sync` (the batch runs on worker threads)."""
+        return await run_in_thread(self._pool(), self.chat_completions_batch_sync, messages_list, output_file,
+                                   show_progress, return_summary, flush_interval, metadata_list, **kwargs)
+
+    async def aiter_chat_completions_batch(self, messages_list: Iterable[List[dict]],
+                                           **kwargs: Any) -> AsyncIterator[BatchResultItem]:
+        """Async twin of `iter_chat_completions_batch`."""
+        async for item in aiter_in_thread(self._pool(),
+                                          lambda: self.iter_chat_completions_batch(messages_list, **kwargs)):
+            yield item
+
+    # -- resources -----------------------------------------------------------------------------------
+    def __enter__(self) -> "ClientAPI":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    async def __aenter__(self) -> "ClientAPI":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Async twin of `close`."""
+        self.close()

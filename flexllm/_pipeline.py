@@ -1,0 +1,231 @@
+"""One request end to end: cache → concurrency slot → rate limit → transport → retry → parse.
+
+Shared by every provider: provider differences stay in the adapter. One Pipeline per client object,
+shared by all of its threads.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from .cache import ResponseCache, cache_key
+from .config import ResponseCacheConfig
+from .errors import LLMError, ResponseParseError, StreamTruncatedError
+from .http import Transport
+from .providers.base import ProviderAdapter, RequestSpec
+from .ratelimit import TokenBucket
+from .retry import RetryPolicy
+from .types import ChatCompletionResult, StreamEvent
+
+__all__ = ["Outcome", "Pipeline"]
+
+logger = logging.getLogger("flexllm")
+
+
+@dataclass
+class Outcome:
+    """What one completed request produced, with how it was obtained."""
+
+    result: ChatCompletionResult
+    raw: Optional[dict]
+    cached: bool
+    attempts: int
+    latency: float
+
+
+def _decode(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace")
+
+
+def result_from_cache(entry: dict) -> ChatCompletionResult:
+    """A ChatCompletionResult rebuilt from a cache entry."""
+    return ChatCompletionResult(content=entry.get("content") or "", usage=entry.get("usage"),
+                                reasoning_content=entry.get("reasoning_content"),
+                                tool_calls=entry.get("tool_calls"), finish_reason=entry.get("finish_reason"))
+
+
+def cache_entry(result: ChatCompletionResult) -> dict:
+    """The JSON-able cache value of a result (never any request data or secret)."""
+    return {"content": result.content, "usage": result.usage, "reasoning_content": result.reasoning_content,
+            "tool_calls": result.tool_calls, "finish_reason": result.finish_reason}
+
+
+class Pipeline:
+    """Runs requests for one client. Thread-safe: slots, bucket, transport and cache each own a lock."""
+
+    def __init__(self, adapter: ProviderAdapter, *, timeout: float, concurrency_limit: int,
+                 max_qps: Optional[float], retry_times: int, retry_delay: float,
+                 cache: Optional[ResponseCacheConfig] = None,
+                 sleep: Callable[[float], None] = time.sleep,
+                 transport: Optional[Transport] = None) -> None:
+        if concurrency_limit < 1:
+            raise ValueError(f"concurrency_limit must be >= 1, got {concurrency_limit!r}")
+        self.adapter = adapter
+        self.concurrency_limit = int(concurrency_limit)
+        self._slots = threading.BoundedSemaphore(self.concurrency_limit)
+        self.bucket = TokenBucket(max_qps, sleep=sleep) if max_qps else None
+        self.retry = RetryPolicy(retry_times, retry_delay, sleep=sleep)
+        self.transport = transport or Transport(timeout=float(timeout), max_connections=self.concurrency_limit,
+                                                provider=adapter.name, redact=adapter.redact)
+        self._cache_config = cache if cache is not None and cache.enabled else None
+        self._cache: Optional[ResponseCache] = None
+        self._cache_opened = False
+        self._cache_lock = threading.Lock()
+
+    # -- cache ---------------------------------------------------------------------------------------
+    @property
+    def cache(self) -> Optional[ResponseCache]:
+        """The open response cache, or None (disabled, or it could not be opened: warned once)."""
+        if not self._cache_opened and self._cache_config is not None:
+            with self._cache_lock:
+                if not self._cache_opened:
+                    self._cache = ResponseCache.open(self._cache_config)
+                    self._cache_opened = True
+        return self._cache
+
+    def cache_key(self, messages: List[dict], model: str, params: Dict[str, Any]) -> str:
+        """The cache key of one request (everything that changes the answer, nothing else)."""
+        return cache_key(self.adapter.name, model, messages, self.adapter.cache_params(params))
+
+    def cached_many(self, requests: Sequence[Tuple[List[dict], str, Dict[str, Any]]]) -> List[Optional[dict]]:
+        """Cache entries for many requests in one lookup (None where missing)."""
+        cache = self.cache
+        if cache is None:
+            return [None] * len(requests)
+        keys = [self.cache_key(m, model, p) for m, model, p in requests]
+        hits = cache.get_many(keys)
+        return [hits.get(k) for k in keys]
+
+    # -- single request ------------------------------------------------------------------------------
+    def complete(self, messages: List[dict], model: str, params: Dict[str, Any], *, skip_cache: bool = False,
+                 read_cache: bool = True) -> Outcome:
+        """One reply, from the cache or the provider (with retries). Raises a typed LLMError on failure."""
+        started = time.perf_counter()
+        cache = None if skip_cache else self.cache
+        key = None
+        if cache is not None:
+            key = self.cache_key(messages, model, params)
+            if read_cache:
+                entry = cache.get(key)
+                if entry is not None:
+                    return Outcome(result_from_cache(entry), None, True, 0, time.perf_counter() - started)
+        spec = self.adapter.build_request(messages, model, params)
+        attempts = 0
+
+        def attempt() -> Tuple[ChatCompletionResult, dict]:
+            nonlocal attempts
+            attempts += 1
+            return self._attempt(spec, model)
+
+        try:
+            result, raw = self.retry.call(attempt)
+        except LLMError as exc:
+            exc.attempts = attempts  # type: ignore[attr-defined]  # the batch summary counts retries
+            raise
+        if key is not None:
+            cache.set(key, cache_entry(result))
+        return Outcome(result, raw, False, attempts, time.perf_counter() - started)
+
+    def _attempt(self, spec: RequestSpec, model: str) -> Tuple[ChatCompletionResult, dict]:
+        with self._slots:
+            if self.bucket is not None:
+                self.bucket.acquire()
+            status, headers, body = self.transport.send(spec, model=model)
+        if not 200 <= status < 300:
+            raise self.adapter.map_error(status, _decode(body), headers, model=model)
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise ResponseParseError(f"HTTP {status} reply is not valid JSON: {body[:200]!r}",
+                                     provider=self.adapter.name, model=model) from None
+        if not isinstance(data, dict):
+            raise ResponseParseError(f"HTTP {status} reply is not a JSON object", provider=self.adapter.name,
+                                     model=model)
+        return self.adapter.parse_response(data, model=model), data
+
+    # -- streaming -----------------------------------------------------------------------------------
+    def stream(self, messages: List[dict], model: str, params: Dict[str, Any], *,
+               skip_cache: bool = False) -> Iterator[StreamEvent]:
+        """Events of one streamed reply. Retries happen only before the first event is yielded."""
+        cache = None if skip_cache else self.cache
+        key = None
+        if cache is not None:
+            key = self.cache_key(messages, model, params)
+            entry = cache.get(key)
+            if entry is not None:
+                yield StreamEvent(content=entry.get("content") or "", reasoning=entry.get("reasoning_content") or "",
+                                  usage=entry.get("usage"), finish_reason=entry.get("finish_reason"), done=True)
+                return
+        spec = self.adapter.build_request(messages, model, params, stream=True)
+        stack, events, first = self.retry.call(lambda: self._open_stream(spec, model))
+        content: List[str] = []
+        reasoning: List[str] = []
+        usage = finish = None
+        try:
+            event: Optional[StreamEvent] = first
+            while event is not None:
+                content.append(event.content)
+                reasoning.append(event.reasoning)
+                usage = event.usage or usage
+                finish = event.finish_reason or finish
+                yield event
+                event = next(events, None)
+        finally:
+            stack.close()
+        if key is not None:
+            cache.set(key, cache_entry(ChatCompletionResult("".join(content), usage, "".join(reasoning) or None,
+                                                            finish_reason=finish)))
+
+    def _open_stream(self, spec: RequestSpec, model: str) -> Tuple[contextlib.ExitStack, Iterator[StreamEvent],
+                                                                   Optional[StreamEvent]]:
+        stack = contextlib.ExitStack()
+        self._slots.acquire()
+        stack.callback(self._slots.release)
+        try:
+            if self.bucket is not None:
+                self.bucket.acquire()
+            status, headers, lines = stack.enter_context(self.transport.stream(spec, model=model))
+            if not 200 <= status < 300:
+                raise self.adapter.map_error(status, _decode(Transport.read_body(lines)), headers, model=model)
+            events = self._events(lines, model)
+            first = next(events, None)  # errors up to the first event are retried by the caller
+            return stack, events, first
+        except BaseException:
+            stack.close()
+            raise
+
+    def _events(self, lines: Iterator[str], model: str) -> Iterator[StreamEvent]:
+        saw_done = False
+        finish = None
+        parse = self.adapter.parse_stream_line
+        for line in lines:
+            event = parse(line, model=model)
+            if event is None:
+                continue
+            if event.done:
+                saw_done = True
+                break
+            finish = event.finish_reason or finish
+            if event.content or event.reasoning or event.usage or event.finish_reason:
+                yield event
+        if not self.adapter.stream_complete(saw_done, finish):
+            raise StreamTruncatedError("stream ended before its end marker (connection closed early)",
+                                       provider=self.adapter.name, model=model)
+
+    def abort(self) -> None:
+        """Fail every in-flight request at once (Ctrl-C in a batch); the pool reopens on next use."""
+        self.transport.close()
+
+    def close(self) -> None:
+        """Close the connection pool and the cache."""
+        self.transport.close()
+        if self._cache is not None:
+            self._cache.close()

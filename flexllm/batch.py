@@ -1,0 +1,296 @@
+"""The batch engine: a thread pool running the shared request pipeline over many conversations.
+
+Items flow through a bounded window (≈ 2 × concurrency in flight or queued), so memory does not grow
+with the batch; every finished item is appended to the checkpoint at once (see `_checkpoint`), and a
+rerun on the same output file resumes (DESIGN §6).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import signal
+import threading
+import time
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+from ._checkpoint import Checkpoint, OutputFileLockedError
+from ._constants import BATCH_WINDOW_PER_WORKER
+from ._pipeline import result_from_cache
+from .errors import QuotaExceededError
+from .progress import BatchProgress
+from .types import BatchResultItem, ChatCompletionResult
+
+__all__ = ["BatchJob", "OutputFileLockedError"]
+
+logger = logging.getLogger("flexllm")
+
+_LOOKAHEAD = 256  # items whose cache entries are fetched in one lookup
+
+
+def _valid_messages(messages: Any) -> Optional[str]:
+    """None if `messages` is a usable conversation, else what is wrong with it."""
+    if not isinstance(messages, list) or not messages:
+        return f"item is not a non-empty list of messages (got {type(messages).__name__})"
+    for m in messages:
+        if not isinstance(m, dict) or "role" not in m:
+            return "item contains a message that is not a dict with a 'role'"
+    return None
+
+
+class BatchJob:
+    """One run of a batch. `run()` yields items as they finish; `summary()` tells how it went."""
+
+    def __init__(self, runner: Any, model: str, params: Dict[str, Any], *, output_file: Optional[str] = None,
+                 metadata_list: Optional[Sequence[dict]] = None, show_progress: bool = True,
+                 flush_interval: float = 1.0, skip_cache: bool = False) -> None:
+        self.runner = runner
+        self.model = model
+        self.params = params
+        self.output_file = output_file
+        self.metadata_list = metadata_list
+        self.show_progress = show_progress
+        self.flush_interval = flush_interval
+        self.skip_cache = skip_cache
+        self.total: Optional[int] = None
+        self.counts: Counter = Counter()
+        self.errors: Counter = Counter()
+        self.tokens: Counter = Counter()
+        self.retries = 0
+        self.stopped_reason: Optional[str] = None
+        self._elapsed = 0.0
+        self._stop = threading.Event()
+
+    # -- public --------------------------------------------------------------------------------------
+    def run(self, messages_list: Iterable[Any]) -> Iterator[BatchResultItem]:
+        """Validate, resume, run. Raises ValueError before any request when the inputs are unusable."""
+        if hasattr(messages_list, "__len__"):
+            self.total = len(messages_list)  # type: ignore[arg-type]
+        meta = self.metadata_list
+        if meta is not None:
+            if not hasattr(meta, "__len__") or not hasattr(meta, "__getitem__"):
+                raise ValueError("metadata_list must be a list with one dict per item")
+            if self.total is not None and len(meta) != self.total:
+                raise ValueError(f"metadata_list has {len(meta)} entries but messages_list has {self.total}; "
+                                 "they must be the same length")
+        checkpoint = None
+        if self.output_file:
+            checkpoint = Checkpoint(self.output_file, flush_interval=self.flush_interval).open()
+            try:
+                if self.total is not None and hasattr(messages_list, "__getitem__"):
+                    checkpoint.validate(messages_list, self.total)
+            except BaseException:
+                checkpoint.close()
+                raise
+        return self._run(messages_list, checkpoint)
+
+    def summary(self) -> Dict[str, Any]:
+        """Counts, throughput, tokens, estimated cost, retries and errors by type of this run."""
+        from .pricing import estimate_cost
+
+        live = self.counts["success"] + self.counts["failed"]
+        prompt, completion = self.tokens["prompt_tokens"], self.tokens["completion_tokens"]
+        cost = estimate_cost(prompt, self.model, True) + estimate_cost(completion, self.model, False) \
+            if (prompt or completion) else 0.0
+        out = {
+            "total": self.total if self.total is not None else sum(self.counts.values()),
+            "success": self.counts["success"],
+            "cached": self.counts["cached"],
+            "resumed": self.counts["resumed"],
+            "failed": self.counts["failed"],
+            "elapsed_s": round(self._elapsed, 3),
+            "requests_per_s": round(live / self._elapsed, 2) if self._elapsed > 0 else 0.0,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": self.tokens["total_tokens"],
+            "estimated_cost_usd": round(cost, 6),
+            "retries": self.retries,
+            "errors": dict(self.errors),
+        }
+        if self.stopped_reason:
+            out["stopped_reason"] = self.stopped_reason
+        return out
+
+    # -- engine --------------------------------------------------------------------------------------
+    def _run(self, messages_list: Iterable[Any], checkpoint: Optional[Checkpoint]) -> Iterator[BatchResultItem]:
+        started = time.perf_counter()
+        workers = max(1, int(self.runner.concurrency_limit))
+        window = workers * BATCH_WINDOW_PER_WORKER
+        progress = BatchProgress(self.total, enabled=self.show_progress)
+        done_q: "queue.SimpleQueue[Future]" = queue.SimpleQueue()
+        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flexllm-batch")
+        in_flight = 0
+        interrupted = False
+        restore = _sigterm_as_interrupt()
+        try:
+            for chunk in _chunks(enumerate(messages_list), _LOOKAHEAD):
+                for item, messages in self._prepare(chunk, checkpoint):
+                    if item is not None:
+                        self._record(item, checkpoint, progress, messages)
+                        yield item
+                        continue
+                    while in_flight >= window:
+                        in_flight -= 1
+                        yield from self._finish(done_q.get(), checkpoint, progress)
+                    if self._stop.is_set():
+                        break
+                    future = executor.submit(self._work, *messages)
+                    future.add_done_callback(done_q.put)
+                    in_flight += 1
+                if self._stop.is_set():
+                    break
+            while in_flight:
+                in_flight -= 1
+                yield from self._finish(done_q.get(), checkpoint, progress)
+        except KeyboardInterrupt:
+            interrupted = True
+            self._stop.set()
+            self.stopped_reason = "interrupted"
+            abort = getattr(self.runner, "abort", None)
+            if abort is not None:
+                abort()  # fail in-flight requests now instead of waiting up to their timeout
+            raise
+        except GeneratorExit:  # the consumer stopped iterating: in-flight requests finish in the background
+            interrupted = True
+            self._stop.set()
+            self.stopped_reason = "consumer stopped"
+            raise
+        finally:
+            restore()
+            executor.shutdown(wait=not interrupted, cancel_futures=True)
+            self._elapsed = time.perf_counter() - started
+            progress.close()
+            if checkpoint is not None:
+                checkpoint.close(compact=not interrupted and not self._stop.is_set())
+            if interrupted:
+                logger.warning("batch interrupted: results so far are kept%s; rerun to resume",
+                               f" in {checkpoint.path}" if checkpoint else "")
+
+    def _prepare(self, chunk: List[Tuple[int, Any]],
+                 checkpoint: Optional[Checkpoint]) -> Iterator[Tuple[Optional[BatchResultItem], Any]]:
+        """`(item, messages)` for items already finished (resumed, invalid, cached), `(None, work)` for the rest."""
+        todo: List[Tuple[int, Any, Optional[dict]]] = []
+        for index, messages in chunk:
+            meta = self._metadata(index)
+            if checkpoint is not None and index in checkpoint.done:
+                checkpoint.check(index, messages)
+                yield self._resumed(index, checkpoint.done[index], meta), messages
+                continue
+            problem = _valid_messages(messages)
+            if problem is not None:
+                self.errors["ValueError"] += 1
+                yield BatchResultItem(index, None, None, "error", f"ValueError: {problem}", 0.0, meta), messages
+                continue
+            todo.append((index, messages, meta))
+        hits: List[Optional[dict]] = [None] * len(todo)
+        if todo and not self.skip_cache:
+            hits = self.runner.cached_many([(m, self.model, self.params) for _, m, _ in todo])
+        for (index, messages, meta), hit in zip(todo, hits):
+            if hit is not None:
+                r = result_from_cache(hit)
+                yield BatchResultItem(index, r.content, r.usage, "cached", None, 0.0, meta,
+                                      r.reasoning_content), messages
+            else:
+                yield None, (index, messages, meta)
+
+    def _work(self, index: int, messages: List[dict], meta: Optional[dict]) -> Tuple[Any, ...]:
+        if self._stop.is_set():
+            return index, messages, meta, None, None
+        started = time.perf_counter()
+        try:
+            outcome = self.runner.complete(messages, self.model, self.params, skip_cache=self.skip_cache,
+                                           read_cache=False)
+            return index, messages, meta, outcome, None
+        except Exception as exc:  # recorded as this item's error; the batch goes on
+            exc.latency = time.perf_counter() - started  # type: ignore[attr-defined]
+            return index, messages, meta, None, exc
+
+    def _finish(self, future: Future, checkpoint: Optional[Checkpoint],
+                progress: BatchProgress) -> Iterator[BatchResultItem]:
+        if future.cancelled():
+            return
+        index, messages, meta, outcome, exc = future.result()
+        if outcome is None and exc is None:
+            return  # skipped after a stop
+        if exc is not None:
+            self.retries += max(0, getattr(exc, "attempts", 1) - 1)
+            if isinstance(exc, QuotaExceededError) and not self._stop.is_set():
+                self.stopped_reason = f"quota exhausted: {exc}"
+                logger.error("stopping the batch early: %s (finished results are kept; rerun later to resume)", exc)
+                self._stop.set()
+            error = f"{type(exc).__name__}: {exc}"
+            item = BatchResultItem(index, None, None, "error", error, getattr(exc, "latency", 0.0), meta)
+            self.errors[type(exc).__name__] += 1
+        else:
+            self.retries += max(0, outcome.attempts - 1)
+            r: ChatCompletionResult = outcome.result
+            status = "cached" if outcome.cached else "success"
+            item = BatchResultItem(index, r.content, r.usage, status, None, outcome.latency, meta, r.reasoning_content)
+        self._record(item, checkpoint, progress, messages)
+        yield item
+
+    def _record(self, item: BatchResultItem, checkpoint: Optional[Checkpoint], progress: BatchProgress,
+                messages: Any = None) -> None:
+        status = "resumed" if item.resumed else ("failed" if item.status == "error" else item.status)
+        self.counts[status] += 1
+        if item.status == "success" and item.usage:
+            for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+                value = item.usage.get(key)
+                if isinstance(value, int):
+                    self.tokens[key] += value
+        if checkpoint is not None and not item.resumed:
+            record: Dict[str, Any] = {"index": item.index, "status": item.status, "output": item.content,
+                                      "input": messages}
+            if item.metadata is not None:
+                record["metadata"] = item.metadata
+            record["usage"] = item.usage
+            record["latency"] = round(item.latency, 4)
+            if item.reasoning_content:
+                record["reasoning_content"] = item.reasoning_content
+            if item.error is not None:
+                record["error"] = item.error
+            checkpoint.append(record)
+        tokens = (item.usage or {}).get("total_tokens") or 0
+        progress.advance(item.status, tokens if isinstance(tokens, int) else 0, item.resumed)
+
+    def _resumed(self, index: int, record: Dict[str, Any], meta: Optional[dict]) -> BatchResultItem:
+        return BatchResultItem(index, record.get("output"), record.get("usage"), record.get("status", "success"),
+                               None, float(record.get("latency") or 0.0),
+                               record.get("metadata", meta), record.get("reasoning_content"), resumed=True)
+
+    def _metadata(self, index: int) -> Optional[dict]:
+        if self.metadata_list is None:
+            return None
+        try:
+            return self.metadata_list[index]
+        except IndexError:
+            raise ValueError(f"metadata_list has no entry for item {index}: it must match messages_list") from None
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[List[Any]]:
+    iterator = iter(items)
+    while True:
+        chunk = list(itertools.islice(iterator, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+def _sigterm_as_interrupt():
+    """While a batch runs in the main thread, SIGTERM stops it like Ctrl-C (results kept, clean exit)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous not in (signal.SIG_DFL, None):
+            return lambda: None
+
+        def handler(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt("SIGTERM")
+
+        signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # not allowed here (embedded interpreter)
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,183 @@
+"""The clients: LLMClient (picks the provider), OpenAIClient and GeminiClient.
+
+Each is a thin shell: it builds a provider adapter and a shared Pipeline; every public method comes
+from `ClientAPI`. One client may be shared by all threads of a web server.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+
+from ._api import ClientAPI
+from ._constants import DEFAULT_CONCURRENCY, DEFAULT_RETRY_DELAY, DEFAULT_RETRY_TIMES, DEFAULT_TIMEOUT
+from ._pipeline import Outcome, Pipeline
+from .config import ResponseCacheConfig
+from .providers.base import ProviderAdapter
+from .providers.openai import OpenAIAdapter, split_thoughts
+from .types import StreamEvent
+
+__all__ = ["GeminiClient", "LLMClient", "OpenAIClient"]
+
+PROVIDERS = ("auto", "openai", "gemini")
+
+
+class _BaseClient(ClientAPI):
+    """A client over one provider adapter; see `LLMClient` for the parameters."""
+
+    def __init__(self, adapter: ProviderAdapter, *, model: Optional[str], cache: Optional[ResponseCacheConfig],
+                 concurrency_limit: int, max_qps: Optional[float], retry_times: int, retry_delay: float,
+                 timeout: float, sleep: Callable[[float], None] = time.sleep) -> None:
+        if cache is not None and not isinstance(cache, ResponseCacheConfig):
+            raise TypeError("cache must be a ResponseCacheConfig, e.g. ResponseCacheConfig.with_ttl(3600)")
+        self.model = model
+        self.concurrency_limit = int(concurrency_limit)
+        self.max_qps = max_qps
+        self.adapter = adapter
+        self._pipeline = Pipeline(adapter, timeout=timeout, concurrency_limit=concurrency_limit, max_qps=max_qps,
+                                  retry_times=retry_times, retry_delay=retry_delay, cache=cache, sleep=sleep)
+
+    @property
+    def provider(self) -> str:
+        """The provider adapter's name: "openai" or "gemini"."""
+        return self.adapter.name
+
+    def _complete(self, messages: List[dict], model: str, params: Dict[str, Any], *, skip_cache: bool,
+                  read_cache: bool) -> Outcome:
+        return self._pipeline.complete(messages, model, params, skip_cache=skip_cache, read_cache=read_cache)
+
+    def _stream(self, messages: List[dict], model: str, params: Dict[str, Any], *,
+                skip_cache: bool) -> Iterator[StreamEvent]:
+        return self._pipeline.stream(messages, model, params, skip_cache=skip_cache)
+
+    def _batch_runner(self) -> Pipeline:
+        return self._pipeline
+
+    def close(self) -> None:
+        """Close pooled connections, the cache and the async thread pool. The client can still be used."""
+        super().close()
+        self._pipeline.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(provider={self.provider!r}, model={self.model!r})"
+
+
+def _openai_adapter(base_url: Optional[str], api_key: Optional[str], thinking: Any,
+                    default_headers: Optional[Mapping[str, str]]) -> OpenAIAdapter:
+    return OpenAIAdapter(base_url=base_url or "", api_key=api_key, thinking=thinking, default_headers=default_headers)
+
+
+def _gemini_adapter(*, api_key: Optional[str], base_url: Optional[str], project_id: Optional[str], location: str,
+                    use_vertex_ai: bool, access_token: Optional[str], credentials: Any, thinking: Any) -> ProviderAdapter:
+    from .providers.gemini import GeminiAdapter
+    from .providers.vertex_auth import VertexTokenProvider
+
+    if api_key in (None, "", "EMPTY") and not use_vertex_ai:
+        api_key = os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
+    token_provider = None
+    if use_vertex_ai:
+        if not project_id:
+            project_id = os.environ.get("GOOGLE_CLOUD_PROJECT")
+        if not project_id:
+            raise ValueError("Vertex AI needs project_id= (or GOOGLE_CLOUD_PROJECT)")
+        token_provider = VertexTokenProvider(access_token=access_token, credentials=credentials)
+    return GeminiAdapter(api_key=api_key, base_url=base_url, project_id=project_id, location=location,
+                         use_vertex_ai=use_vertex_ai, token_provider=token_provider, thinking=thinking)
+
+
+class OpenAIClient(_BaseClient):
+    """Client for any OpenAI-compatible server (OpenAI, DeepSeek, Qwen, vLLM, SGLang, Ollama, …).
+
+    >>> client = OpenAIClient(base_url="http://localhost:8000/v1", model="qwen2.5-7b")
+    >>> client.chat_completions_sync([{"role": "user", "content": "hi"}])
+
+    `thinking` (None/True/False/"low"…) is the default for every call; a call's `thinking=` wins.
+    """
+
+    def __init__(self, base_url: str, api_key: str = "EMPTY", model: Optional[str] = None, *,
+                 thinking: Any = None, cache: Optional[ResponseCacheConfig] = None,
+                 concurrency_limit: int = DEFAULT_CONCURRENCY, max_qps: Optional[float] = None,
+                 retry_times: int = DEFAULT_RETRY_TIMES, retry_delay: float = DEFAULT_RETRY_DELAY,
+                 timeout: float = DEFAULT_TIMEOUT, default_headers: Optional[Mapping[str, str]] = None,
+                 **options: Any) -> None:
+        super().__init__(_openai_adapter(base_url, api_key, thinking, default_headers), model=model, cache=cache,
+                         concurrency_limit=concurrency_limit, max_qps=max_qps, retry_times=retry_times,
+                         retry_delay=retry_delay, timeout=timeout, **options)
+
+    @staticmethod
+    def parse_thoughts(response_data: dict) -> dict:
+        """`{"thought", "answer"}` from a raw reply (reasoning_content, reasoning, or `<think>` tags)."""
+        try:
+            message = response_data["choices"][0]["message"]
+        except (KeyError, IndexError, TypeError):
+            message = response_data if isinstance(response_data, dict) else {}
+        return split_thoughts(message)
+
+
+class GeminiClient(_BaseClient):
+    """Client for Google Gemini: the Developer API (api_key) or Vertex AI (project_id, use_vertex_ai=True).
+
+    >>> GeminiClient(api_key="...", model="gemini-2.5-flash")
+    >>> GeminiClient(project_id="my-proj", location="us-central1", use_vertex_ai=True)
+
+    The key travels in the `x-goog-api-key` header, never in the URL. `thinking` takes False, True or
+    "minimal" / "low" / "medium" / "high".
+    """
+
+    def __init__(self, api_key: Optional[str] = None, model: str = "gemini-2.5-flash", *,
+                 project_id: Optional[str] = None, location: str = "us-central1", use_vertex_ai: bool = False,
+                 access_token: Optional[str] = None, credentials: Any = None, base_url: Optional[str] = None,
+                 thinking: Any = None, cache: Optional[ResponseCacheConfig] = None,
+                 concurrency_limit: int = DEFAULT_CONCURRENCY, max_qps: Optional[float] = None,
+                 retry_times: int = DEFAULT_RETRY_TIMES, retry_delay: float = DEFAULT_RETRY_DELAY,
+                 timeout: float = DEFAULT_TIMEOUT, **options: Any) -> None:
+        adapter = _gemini_adapter(api_key=api_key, base_url=base_url, project_id=project_id, location=location,
+                                  use_vertex_ai=use_vertex_ai, access_token=access_token, credentials=credentials,
+                                  thinking=thinking)
+        super().__init__(adapter, model=model, cache=cache, concurrency_limit=concurrency_limit, max_qps=max_qps,
+                         retry_times=retry_times, retry_delay=retry_delay, timeout=timeout, **options)
+
+
+def detect_provider(base_url: Optional[str], model: Optional[str], use_vertex_ai: bool = False) -> str:
+    """"gemini" for Google endpoints / `gemini-*` models without a base_url, else "openai"."""
+    from .providers.gemini import detect_gemini
+
+    return "gemini" if use_vertex_ai or detect_gemini(base_url, model) else "openai"
+
+
+class LLMClient(_BaseClient):
+    """The unified client: picks the provider from `provider`, the base_url and the model.
+
+    >>> client = LLMClient(model="qwen2.5", base_url="http://localhost:8000/v1", max_qps=20)
+    >>> client.chat_completions_sync([{"role": "user", "content": "hi"}])
+
+    `provider="auto"` chooses Gemini for generativelanguage / aiplatform URLs, `use_vertex_ai=True`, or
+    a `gemini-*` model given no base_url; OpenAI-compatible otherwise. Gemini-only options
+    (project_id, location, use_vertex_ai, access_token, credentials) and `thinking` are accepted as
+    keywords.
+    """
+
+    def __init__(self, model: str, base_url: Optional[str] = None, api_key: str = "EMPTY", provider: str = "auto",
+                 cache: Optional[ResponseCacheConfig] = None, concurrency_limit: int = DEFAULT_CONCURRENCY,
+                 max_qps: Optional[float] = None, retry_times: int = DEFAULT_RETRY_TIMES,
+                 retry_delay: float = DEFAULT_RETRY_DELAY, timeout: float = DEFAULT_TIMEOUT, *,
+                 thinking: Any = None, project_id: Optional[str] = None, location: str = "us-central1",
+                 use_vertex_ai: bool = False, access_token: Optional[str] = None, credentials: Any = None,
+                 default_headers: Optional[Mapping[str, str]] = None, **options: Any) -> None:
+        if provider not in PROVIDERS:
+            raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
+        if provider == "auto":
+            provider = detect_provider(base_url, model, use_vertex_ai)
+        if provider == "gemini":
+            adapter = _gemini_adapter(api_key=api_key, base_url=base_url, project_id=project_id, location=location,
+                                      use_vertex_ai=use_vertex_ai, access_token=access_token,
+                                      credentials=credentials, thinking=thinking)
+        else:
+            if not base_url:
+                raise ValueError("base_url is required for an OpenAI-compatible provider, "
+                                 "e.g. LLMClient(model='gpt-4o', base_url='https://api.openai.com/v1')")
+            adapter = _openai_adapter(base_url, api_key, thinking, default_headers)
+        super().__init__(adapter, model=model, cache=cache, concurrency_limit=concurrency_limit, max_qps=max_qps,
+                         retry_times=retry_times, retry_delay=retry_delay, timeout=timeout, **options)
+
+    parse_thoughts = OpenAIClient.parse_thoughts

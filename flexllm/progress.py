@@ -1,0 +1,82 @@
+"""Batch progress: a rich bar on a terminal, a log line every few seconds elsewhere (cron, CI)."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Optional
+
+from ._constants import PROGRESS_LOG_INTERVAL
+
+__all__ = ["BatchProgress"]
+
+logger = logging.getLogger("flexllm")
+
+
+class BatchProgress:
+    """Observes a batch's finished items. Called from the batch's consumer thread only.
+
+    `enabled=False` costs nothing; when stderr is not a terminal it logs instead of drawing.
+    """
+
+    def __init__(self, total: Optional[int], *, enabled: bool = True, description: str = "flexllm batch",
+                 clock: Callable[[], float] = time.monotonic, log_interval: float = PROGRESS_LOG_INTERVAL,
+                 force_terminal: Optional[bool] = None) -> None:
+        self.total = total
+        self.enabled = enabled
+        self._clock = clock
+        self._log_interval = log_interval
+        self._start = clock()
+        self._last_log = self._start
+        self.done = self.cached = self.failed = self.tokens = 0
+        self._progress = None
+        self._task = None
+        if not enabled:
+            return
+        from rich.console import Console
+
+        console = Console(stderr=True, force_terminal=force_terminal)
+        if console.is_terminal:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                TextColumn("{task.fields[rate]:>7.1f}/s"), TimeElapsedColumn(), TextColumn("ETA"),
+                TimeRemainingColumn(), TextColumn("cached {task.fields[cached]} · failed {task.fields[failed]} · "
+                                                  "tokens {task.fields[tokens]}"),
+                console=console, transient=False, refresh_per_second=8)
+            self._task = self._progress.add_task(description, total=total, rate=0.0, cached=0, failed=0, tokens=0)
+            self._progress.start()
+
+    def advance(self, status: str, tokens: int = 0, resumed: bool = False) -> None:
+        """Count one finished item."""
+        if not self.enabled:
+            return
+        self.done += 1
+        self.tokens += tokens
+        if status == "cached":
+            self.cached += 1
+        elif status == "error":
+            self.failed += 1
+        now = self._clock()
+        rate = self.done / max(now - self._start, 1e-9)
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, rate=rate, cached=self.cached, failed=self.failed,
+                                  tokens=self.tokens)
+        elif now - self._last_log >= self._log_interval:
+            self._last_log = now
+            self.log_line(rate)
+
+    def log_line(self, rate: float) -> None:
+        """One progress line through logging (for cron jobs and CI logs)."""
+        of = f"/{self.total}" if self.total is not None else ""
+        logger.info("batch progress: %d%s done, %.1f/s, cached %d, failed %d, tokens %d",
+                    self.done, of, rate, self.cached, self.failed, self.tokens)
+
+    def close(self) -> None:
+        """Stop drawing (the last state stays on screen)."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        elif self.enabled and self.done:
+            self.log_line(self.done / max(self._clock() - self._start, 1e-9))

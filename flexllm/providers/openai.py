@@ -1,0 +1,199 @@
+"""The OpenAI-compatible adapter (OpenAI, DeepSeek, Qwen/DashScope, vLLM, SGLang, Ollama, …)."""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Mapping, Optional
+from urllib.parse import urlsplit
+
+from ..errors import APIStatusError, QuotaExceededError, ResponseParseError, status_error_class
+from ..types import ChatCompletionResult, StreamEvent
+from .base import LIBRARY_KWARGS, ProviderAdapter, RequestSpec
+
+__all__ = ["OpenAIAdapter", "endpoint_kind", "split_thoughts", "thinking_params"]
+
+THINKING_LEVELS = ("minimal", "low", "medium", "high")
+_OMIT = LIBRARY_KWARGS | {"extra_body", "extra_headers"}
+_MAX_ERROR_TEXT = 500
+
+
+def endpoint_kind(base_url: str) -> str:
+    """Which dialect of thinking control a server speaks: openai, dashscope, ollama or generic."""
+    parts = urlsplit(base_url)
+    host = (parts.hostname or "").lower()
+    if host.endswith("openai.com") or host.endswith("openai.azure.com"):
+        return "openai"
+    if "dashscope" in host:
+        return "dashscope"
+    if "ollama" in host or parts.port == 11434:
+        return "ollama"
+    return "generic"
+
+
+def thinking_params(kind: str, thinking: Any) -> Dict[str, Any]:
+    """Body fields that turn thinking on/off (or set its level) for one endpoint kind (DESIGN §8)."""
+    if thinking is None:
+        return {}
+    if isinstance(thinking, str):
+        if thinking not in THINKING_LEVELS:
+            raise ValueError(f"thinking must be True, False, None or one of {THINKING_LEVELS}, got {thinking!r}")
+        return {"reasoning_effort": thinking}
+    if not isinstance(thinking, bool):
+        raise ValueError(f"thinking must be True, False, None or one of {THINKING_LEVELS}, got {thinking!r}")
+    if kind == "openai":
+        return {"reasoning_effort": "medium" if thinking else "minimal"}
+    if kind == "dashscope":
+        return {"enable_thinking": thinking}
+    if kind == "ollama":
+        return {"think": thinking}
+    return {"chat_template_kwargs": {"enable_thinking": thinking}}
+
+
+def split_thoughts(message: Mapping[str, Any]) -> Dict[str, str]:
+    """`{"thought", "answer"}` of one assistant message: reasoning field, else `<think>` tags in the content."""
+    content = message.get("content") or ""
+    if not isinstance(content, str):  # list of parts
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    for field in ("reasoning_content", "reasoning"):
+        thought = message.get(field)
+        if isinstance(thought, str) and thought:
+            return {"thought": thought, "answer": content}
+    end = content.find("</think>")
+    if end >= 0:
+        start = content.find("<think>", 0, end)
+        thought = content[start + 7 if start >= 0 else 0:end]
+        return {"thought": thought.strip(), "answer": content[end + 8:].lstrip()}
+    return {"thought": "", "answer": content}
+
+
+class OpenAIAdapter(ProviderAdapter):
+    """Builds `/chat/completions` requests and parses their replies. Pure; safe to share."""
+
+    name = "openai"
+
+    def __init__(self, *, base_url: str, api_key: Optional[str] = "EMPTY", thinking: Any = None,
+                 default_headers: Optional[Mapping[str, str]] = None) -> None:
+        if not base_url:
+            raise ValueError("base_url is required for an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
+        self.base_url = base_url.rstrip("/")
+        self.kind = endpoint_kind(self.base_url)
+        thinking_params(self.kind, thinking)  # validate early
+        self.thinking = thinking
+        self._url = self.base_url if self.base_url.endswith("/chat/completions") else self.base_url + "/chat/completions"
+        self._api_key = api_key or ""
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        headers.update(default_headers or {})
+        self._headers = headers
+        self._stream_headers = dict(headers, Accept="text/event-stream")
+
+    def build_request(self, messages: List[dict], model: str, params: Dict[str, Any], *,
+                      stream: bool = False) -> RequestSpec:
+        body: Dict[str, Any] = {"model": model, "messages": messages}
+        for key, value in params.items():
+            if key not in _OMIT:
+                body[key] = value
+        thinking = params["thinking"] if "thinking" in params else self.thinking
+        for key, value in thinking_params(self.kind, thinking).items():
+            if key == "chat_template_kwargs":  # merge; the caller's explicit keys win
+                body[key] = {**value, **(body.get(key) or {})}
+            else:
+                body.setdefault(key, value)
+        extra = params.get("extra_body")
+        if extra:
+            body.update(extra)
+        if stream:
+            body["stream"] = True
+        else:
+            body.pop("stream", None)
+        headers = self._stream_headers if stream else self._headers
+        if params.get("extra_headers"):
+            headers = {**headers, **params["extra_headers"]}
+        return RequestSpec("POST", self._url, headers, body, params.get("timeout"))
+
+    def parse_response(self, data: Dict[str, Any], *, model: str) -> ChatCompletionResult:
+        try:
+            choice = data["choices"][0]
+            message = choice["message"]
+        except (KeyError, IndexError, TypeError):
+            detail = data.get("error") if isinstance(data, dict) else None
+            raise ResponseParseError(
+                "reply has no choices[0].message" + (f" (server said: {str(detail)[:_MAX_ERROR_TEXT]})" if detail else ""),
+                provider=self.name, model=model) from None
+        parts = split_thoughts(message)
+        return ChatCompletionResult(
+            content=parts["answer"],
+            usage=data.get("usage"),
+            reasoning_content=parts["thought"] or None,
+            tool_calls=message.get("tool_calls") or None,
+            finish_reason=choice.get("finish_reason"),
+        )
+
+    def parse_stream_line(self, line: str, *, model: str) -> Optional[StreamEvent]:
+        if not line.startswith("data:"):
+            return None  # blank separators, ": keep-alive" comments, "event:" lines
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            return StreamEvent(done=True)
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            raise ResponseParseError(f"stream chunk is not JSON: {payload[:200]!r}", provider=self.name,
+                                     model=model) from None
+        if not isinstance(chunk, dict):
+            raise ResponseParseError("stream chunk is not a JSON object", provider=self.name, model=model)
+        if chunk.get("error"):
+            raise ResponseParseError(f"server error inside stream: {str(chunk['error'])[:_MAX_ERROR_TEXT]}",
+                                     provider=self.name, model=model)
+        event = StreamEvent(usage=chunk.get("usage"), raw=chunk)
+        choices = chunk.get("choices") or ()
+        if choices:
+            choice = choices[0]
+            delta = choice.get("delta") or {}
+            event.content = delta.get("content") or ""
+            event.reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+            event.finish_reason = choice.get("finish_reason")
+        return event
+
+    def stream_complete(self, saw_done: bool, finish_reason: Optional[str]) -> bool:
+        return saw_done
+
+    def map_error(self, status_code: int, body: Any, headers: Mapping[str, str], *, model: str) -> APIStatusError:
+        message, code = _error_text(body)
+        cls = status_error_class(status_code)
+        if status_code == 429 and code in ("insufficient_quota", "quota_exceeded", "billing_hard_limit_reached"):
+            cls = QuotaExceededError
+        return cls(self.redact(message), status_code=status_code, body=body, headers=headers, code=code,
+                   provider=self.name, model=model)
+
+    def cache_params(self, params: Dict[str, Any]) -> Dict[str, Any]:
+        out = {k: v for k, v in params.items() if k not in _OMIT and v is not None}
+        thinking = params["thinking"] if "thinking" in params else self.thinking
+        if thinking is not None:
+            out["thinking"] = thinking
+        if params.get("extra_body"):
+            out["extra_body"] = params["extra_body"]
+        return out
+
+    def redact(self, text: str) -> str:
+        if self._api_key and len(self._api_key) >= 4 and self._api_key in text:
+            return text.replace(self._api_key, "***")
+        return text
+
+
+def _error_text(body: Any) -> "tuple[str, Optional[str]]":
+    """The server's error message and code from an OpenAI-style (or FastAPI / plain) error body."""
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            message = err.get("message") or err.get("detail") or json.dumps(err)[:_MAX_ERROR_TEXT]
+            code = err.get("code") or err.get("type")
+            if err.get("type") == "insufficient_quota":
+                code = "insufficient_quota"
+            return str(message)[:_MAX_ERROR_TEXT], (str(code) if code is not None else None)
+        if isinstance(err, str):
+            return err[:_MAX_ERROR_TEXT], None
+        if "detail" in body:
+            return str(body["detail"])[:_MAX_ERROR_TEXT], None
+    text = body if isinstance(body, str) else json.dumps(body, default=str)
+    return (text.strip()[:_MAX_ERROR_TEXT] or "(empty body)"), None

@@ -1,0 +1,128 @@
+"""Retry policy: small pure decisions (retry? how long?) and the tenacity loop built from them.
+
+The semantics are openai-python's (DESIGN.md §4): connection errors, timeouts, 408, 409, 429, 5xx and
+unparseable 2xx bodies are retried; other 4xx and exhausted quotas are not; `x-should-retry` wins.
+The wait is the server's hint when it gave one, else capped exponential backoff with jitter.
+"""
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import time
+from typing import Callable, Mapping, Optional, TypeVar
+
+import tenacity
+
+from ._constants import JITTER_MIN, MAX_BACKOFF_FACTOR, MAX_RETRY_AFTER, RETRY_STATUSES
+from .errors import (APIConnectionError, APIStatusError, LLMError, QuotaExceededError, ResponseParseError,
+                     StreamTruncatedError)
+
+__all__ = ["RetryPolicy", "backoff_delay", "is_retryable", "parse_retry_after", "retry_wait"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: Optional[float] = None) -> Optional[float]:
+    """Seconds the server asked us to wait (`retry-after-ms`, then `retry-after` seconds or HTTP date)."""
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    parsed = email.utils.parsedate_tz(value)
+    if parsed is None:
+        return None
+    when = email.utils.mktime_tz(parsed)
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether another attempt could succeed where `exc` failed."""
+    if isinstance(exc, APIStatusError):
+        hint = exc.headers.get("x-should-retry")
+        if hint == "true":
+            return True
+        if hint == "false" or isinstance(exc, QuotaExceededError):
+            return False
+        return exc.status_code in RETRY_STATUSES or exc.status_code >= 500
+    if isinstance(exc, StreamTruncatedError):
+        return True
+    if isinstance(exc, (APIConnectionError, ResponseParseError)):
+        return True
+    return False
+
+
+def backoff_delay(retry_index: int, retry_delay: float, rng: Callable[[], float] = random.random) -> float:
+    """`min(retry_delay·2^k, 8·retry_delay) · U(0.75, 1)` for the k-th retry (k from 0)."""
+    base = min(retry_delay * (2 ** retry_index), MAX_BACKOFF_FACTOR * retry_delay)
+    return base * (JITTER_MIN + (1.0 - JITTER_MIN) * rng())
+
+
+def retry_wait(exc: BaseException, retry_index: int, retry_delay: float,
+               rng: Callable[[], float] = random.random) -> float:
+    """How long to wait before the next attempt: the server's hint (≤ 120 s) or backoff."""
+    if isinstance(exc, APIStatusError):
+        hint = parse_retry_after(exc.headers)
+        if hint is None:
+            hint = exc.retry_after
+        if hint is not None:
+            return min(hint, MAX_RETRY_AFTER)
+    return backoff_delay(retry_index, retry_delay, rng)
+
+
+class RetryPolicy:
+    """Runs a call with retries. Immutable after construction; one instance serves every thread.
+
+    `sleep` is injectable so tests never wait on the wall clock; `on_retry(exc, wait)` is told of each
+    retry (the batch engine counts them).
+    """
+
+    def __init__(self, retry_times: int = 3, retry_delay: float = 1.0, *,
+                 sleep: Callable[[float], None] = time.sleep,
+                 rng: Callable[[], float] = random.random) -> None:
+        if retry_times < 0:
+            raise ValueError(f"retry_times must be >= 0, got {retry_times!r}")
+        self.retry_times = int(retry_times)
+        self.retry_delay = float(retry_delay)
+        self._rng = rng
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            return retry_wait(exc, state.attempt_number - 1, self.retry_delay, self._rng) if exc else 0.0
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            logger.warning("retrying in %.2fs (attempt %d of %d) after %s", state.upcoming_sleep,
+                           state.attempt_number + 1, self.retry_times + 1, _describe(exc))
+
+        self._retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.retry_times + 1),
+            retry=tenacity.retry_if_exception(is_retryable),
+            wait=wait,
+            sleep=sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Call `fn` until it succeeds, fails with a non-retryable error, or retries run out."""
+        return self._retrying(fn)
+
+
+def _describe(exc: Optional[BaseException]) -> str:
+    if exc is None:
+        return "no error"
+    if isinstance(exc, LLMError):
+        return f"{type(exc).__name__}: {exc.message}"
+    return type(exc).__name__
+

@@ -1,0 +1,58 @@
+"""Result values returned by flexllm clients."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+__all__ = ["BatchResultItem", "ChatCompletionResult", "StreamEvent", "merge_usage"]
+
+
+@dataclass
+class ChatCompletionResult:
+    """One reply: its text, token usage and the model's reasoning (thinking) when it gave one."""
+
+    content: str
+    usage: Optional[dict] = None
+    reasoning_content: Optional[str] = None
+    #: tool / function calls requested by the model (OpenAI shape), when any
+    tool_calls: Optional[List[dict]] = None
+    finish_reason: Optional[str] = None
+
+
+@dataclass
+class BatchResultItem:
+    """The outcome of one batch item, as yielded by `iter_chat_completions_batch`."""
+
+    index: int
+    content: Optional[str]
+    usage: Optional[dict]
+    status: str  # "success", "error", "cached"
+    error: Optional[str]
+    latency: float
+    metadata: Optional[dict] = None
+    reasoning_content: Optional[str] = None
+    #: True when the item was read back from an earlier run's output file
+    resumed: bool = False
+
+
+@dataclass
+class StreamEvent:
+    """What one line of a provider's stream carried (adapters return these; clients consume them)."""
+
+    content: str = ""
+    reasoning: str = ""
+    usage: Optional[dict] = None
+    finish_reason: Optional[str] = None
+    #: True on the provider's explicit end marker (OpenAI `data: [DONE]`)
+    done: bool = False
+    raw: Optional[Dict[str, Any]] = field(default=None, repr=False)
+
+
+def merge_usage(total: Dict[str, int], usage: Optional[dict]) -> None:
+    """Add one reply's prompt/completion/total token counts into `total` (in place)."""
+    if not usage:
+        return
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        value = usage.get(key)
+        if isinstance(value, int):
+            total[key] = total.get(key, 0) + value
