@@ -11,9 +11,8 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .cache import ResponseCache, cache_key
 from .config import ResponseCacheConfig
 from .errors import LLMError, ResponseParseError, StreamTruncatedError
 from .http import Transport
@@ -21,6 +20,9 @@ from .providers.base import ProviderAdapter, RequestSpec
 from .ratelimit import TokenBucket
 from .retry import RetryPolicy
 from .types import ChatCompletionResult, StreamEvent
+
+if TYPE_CHECKING:
+    from .cache import ResponseCache
 
 __all__ = ["Outcome", "Pipeline"]
 
@@ -76,23 +78,27 @@ class Pipeline:
         self.transport = transport or Transport(timeout=float(timeout), max_connections=self.concurrency_limit,
                                                 provider=adapter.name, redact=adapter.redact)
         self._cache_config = cache if cache is not None and cache.enabled else None
-        self._cache: Optional[ResponseCache] = None
+        self._cache: Optional["ResponseCache"] = None
         self._cache_opened = False
         self._cache_lock = threading.Lock()
 
     # -- cache ---------------------------------------------------------------------------------------
     @property
-    def cache(self) -> Optional[ResponseCache]:
+    def cache(self) -> Optional["ResponseCache"]:
         """The open response cache, or None (disabled, or it could not be opened: warned once)."""
         if not self._cache_opened and self._cache_config is not None:
             with self._cache_lock:
                 if not self._cache_opened:
+                    from .cache import ResponseCache  # sqlite is loaded only when a cache is configured
+
                     self._cache = ResponseCache.open(self._cache_config)
                     self._cache_opened = True
         return self._cache
 
     def cache_key(self, messages: List[dict], model: str, params: Dict[str, Any]) -> str:
         """The cache key of one request (everything that changes the answer, nothing else)."""
+        from .cache import cache_key
+
         return cache_key(self.adapter.name, model, messages, self.adapter.cache_params(params))
 
     def cached_many(self, requests: Sequence[Tuple[List[dict], str, Dict[str, Any]]]) -> List[Optional[dict]]:
@@ -135,10 +141,11 @@ class Pipeline:
         return Outcome(result, raw, False, attempts, time.perf_counter() - started)
 
     def _attempt(self, spec: RequestSpec, model: str) -> Tuple[ChatCompletionResult, dict]:
+        request = self.transport.prepare(spec)
         with self._slots:
             if self.bucket is not None:
                 self.bucket.acquire()
-            status, headers, body = self.transport.send(spec, model=model)
+            status, headers, body = self.transport.send(request, model=model)
         if not 200 <= status < 300:
             raise self.adapter.map_error(status, _decode(body), headers, model=model)
         try:

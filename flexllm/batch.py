@@ -235,7 +235,7 @@ class BatchJob:
                 messages: Any = None) -> None:
         status = "resumed" if item.resumed else ("failed" if item.status == "error" else item.status)
         self.counts[status] += 1
-        if item.status == "success" and item.usage:
+        if item.status == "success" and item.usage and not item.resumed:  # tokens paid in this run only
             for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
                 value = item.usage.get(key)
                 if isinstance(value, int):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+from urllib.parse import urlsplit
 
 from ._api import ClientAPI
 from ._constants import DEFAULT_CONCURRENCY, DEFAULT_RETRY_DELAY, DEFAULT_RETRY_TIMES, DEFAULT_TIMEOUT
@@ -20,6 +21,7 @@ from .types import StreamEvent
 __all__ = ["GeminiClient", "LLMClient", "OpenAIClient"]
 
 PROVIDERS = ("auto", "openai", "gemini")
+_GOOGLE_HOSTS = ("generativelanguage.googleapis.com", "aiplatform.googleapis.com")
 
 
 class _BaseClient(ClientAPI):
@@ -140,9 +142,13 @@ class GeminiClient(_BaseClient):
 
 def detect_provider(base_url: Optional[str], model: Optional[str], use_vertex_ai: bool = False) -> str:
     """"gemini" for Google endpoints / `gemini-*` models without a base_url, else "openai"."""
-    from .providers.gemini import detect_gemini
-
-    return "gemini" if use_vertex_ai or detect_gemini(base_url, model) else "openai"
+    if use_vertex_ai:
+        return "gemini"
+    if base_url:
+        host = urlsplit(base_url).hostname or ""
+        return "gemini" if host.endswith(_GOOGLE_HOSTS) else "openai"
+    name = (model or "").lower().split("/")[-1]
+    return "gemini" if name.startswith("gemini") else "openai"
 
 
 class LLMClient(_BaseClient):

@@ -69,6 +69,10 @@ class Transport:
                 self._pid = os.getpid()
             return self._client
 
+    def prepare(self, spec: RequestSpec) -> httpx.Request:
+        """Build (and encode) the request ahead of time, so nothing slow sits between rate-limit and wire."""
+        return self._request(spec)
+
     def _request(self, spec: RequestSpec) -> httpx.Request:
         client = self._get_client()
         timeout = httpx.Timeout(spec.timeout, connect=min(DEFAULT_CONNECT_TIMEOUT, spec.timeout)) \
@@ -76,10 +80,12 @@ class Transport:
         return client.build_request(spec.method, spec.url, headers=spec.headers, content=dumps(spec.json),
                                     timeout=timeout)
 
-    def send(self, spec: RequestSpec, *, model: str) -> Tuple[int, Mapping[str, str], bytes]:
-        """Send one request and read the whole body: (status, headers, body bytes)."""
+    def send(self, request: "RequestSpec | httpx.Request", *, model: str) -> Tuple[int, Mapping[str, str], bytes]:
+        """Send one request (a spec, or one from `prepare`) and read the whole body: (status, headers, body)."""
+        if isinstance(request, RequestSpec):
+            request = self._request(request)
         with _mapped(self.provider, model, self._redact):
-            response = self._get_client().send(self._request(spec))
+            response = self._get_client().send(request)
             try:
                 return response.status_code, response.headers, response.read()
             finally:

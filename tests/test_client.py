@@ -11,6 +11,8 @@ from flexllm import (APIConnectionError, APITimeoutError, AuthenticationError, B
                      LLMClient, OpenAIClient, QuotaExceededError, ResponseParseError, ServerError,
                      StreamTruncatedError)
 
+from flexllm.mock import MockServer
+
 from .conftest import user
 
 
@@ -202,12 +204,13 @@ def test_one_client_shared_by_16_threads(server):
     assert out == [f"echo: t{i}" for i in range(160)]
 
 
-def test_concurrency_limit_bounds_in_flight(server):
-    c = client_for(server, concurrency_limit=3)
-    server.configure(latency=0.05)
-    with ThreadPoolExecutor(12) as pool:
-        list(pool.map(lambda i: c.chat_completions_sync(user(f"c{i}")), range(24)))
-    assert server.max_in_flight <= 3
+def test_concurrency_limit_bounds_in_flight():
+    with MockServer(latency=0.05) as own:  # its own server: no request of an earlier test still in flight
+        c = client_for(own, concurrency_limit=3)
+        with ThreadPoolExecutor(12) as pool:
+            out = list(pool.map(lambda i: c.chat_completions_sync(user(f"c{i}")), range(24)))
+        assert out == [f"echo: c{i}" for i in range(24)]
+        assert own.max_in_flight == 3
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

@@ -29,10 +29,10 @@ def starts(bucket, clock, n):
 
 def test_starts_are_evenly_spaced_and_never_exceed_rate_per_second():
     clock = FakeClock()
-    bucket = TokenBucket(20, margin=0.0, clock=clock, sleep=clock.sleep)
+    bucket = TokenBucket(20, clock=clock, sleep=clock.sleep)  # default safety margin
     times = starts(bucket, clock, 100)
     gaps = [b - a for a, b in zip(times, times[1:])]
-    assert all(g == pytest.approx(0.05) for g in gaps)
+    assert all(g == pytest.approx(1.015 / 20) for g in gaps)
     for i, t in enumerate(times):
         in_window = [u for u in times[i:] if u < t + 1.0]
         assert len(in_window) <= 20

@@ -1,0 +1,114 @@
+"""The Gemini dialect of the mock server (Developer API and Vertex paths)."""
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from ._directives import strip
+from ._openai import pieces, words
+
+PATH = re.compile(r"^/(?:v1beta|v1)/(?:projects/[^/]+/locations/[^/]+/publishers/google/)?models/"
+                  r"([^/:]+):(generateContent|streamGenerateContent)")
+STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+
+def route(path: str) -> Optional[Tuple[str, bool]]:
+    """(model, streaming) for a Gemini path, else None."""
+    m = PATH.match(path.split("?", 1)[0])
+    if not m:
+        return None
+    return m.group(1), m.group(2) == "streamGenerateContent"
+
+
+def _parts_text(parts: Any) -> str:
+    if not isinstance(parts, list):
+        return ""
+    return " ".join(p.get("text", "") for p in parts if isinstance(p, dict) and "text" in p)
+
+
+def texts(body: Dict[str, Any]) -> Tuple[str, str]:
+    contents = body.get("contents") or []
+    chunks = [_parts_text((body.get("systemInstruction") or {}).get("parts"))]
+    last = ""
+    for c in contents:
+        if isinstance(c, dict):
+            t = _parts_text(c.get("parts"))
+            chunks.append(t)
+            if c.get("role", "user") == "user":
+                last = t
+    return "\n".join(chunks), last
+
+
+def error_body(status: int, message: str, quota: bool = False, retry_delay: Optional[str] = None,
+               **_: Any) -> Dict[str, Any]:
+    details: List[Dict[str, Any]] = []
+    if quota:
+        message = "Quota exceeded for metric: generate_content_free_tier_requests, limit: 250 per day"
+        details.append({"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [
+            {"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+             "quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]})
+    if retry_delay is not None:
+        details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_delay}s"})
+    err: Dict[str, Any] = {"code": status, "message": message, "status": STATUS_NAMES.get(status, "UNKNOWN")}
+    if details:
+        err["details"] = details
+    return {"error": err}
+
+
+def _usage(body: Dict[str, Any], answer: str, reasoning: Optional[str], n: int = 1) -> Dict[str, int]:
+    all_text, _ = texts(body)
+    prompt = words(strip(all_text))
+    cand = words(answer) * n
+    usage = {"promptTokenCount": prompt, "candidatesTokenCount": cand}
+    thoughts = words(reasoning or "") * n
+    if reasoning is not None:
+        usage["thoughtsTokenCount"] = thoughts
+    usage["totalTokenCount"] = prompt + cand + thoughts
+    return usage
+
+
+def wants_thoughts(body: Dict[str, Any]) -> bool:
+    cfg = ((body.get("generationConfig") or {}).get("thinkingConfig") or {})
+    return bool(cfg.get("includeThoughts"))
+
+
+def reply(body: Dict[str, Any], seq: int, model: str, answer: str, reasoning: Optional[str], finish: str,
+          block: Optional[str]) -> Dict[str, Any]:
+    if block:
+        return {"promptFeedback": {"blockReason": block}, "usageMetadata": _usage(body, "", None),
+                "modelVersion": model, "responseId": f"mock-{seq}"}
+    n = max(1, int((body.get("generationConfig") or {}).get("candidateCount") or 1))
+    parts: List[Dict[str, Any]] = []
+    if reasoning is not None:
+        parts.append({"text": reasoning, "thought": True})
+    if finish == "STOP" or answer:
+        parts.append({"text": answer})
+    if finish not in ("STOP", "MAX_TOKENS"):
+        parts = []
+    candidates = [{"content": {"role": "model", "parts": parts}, "finishReason": finish, "index": i}
+                  for i in range(n)]
+    return {"candidates": candidates, "usageMetadata": _usage(body, answer, reasoning, n), "modelVersion": model,
+            "responseId": f"mock-{seq}"}
+
+
+def stream_events(body: Dict[str, Any], seq: int, model: str, answer: str, reasoning: Optional[str], finish: str,
+                  truncate: bool) -> Iterator[Dict[str, Any]]:
+    chunks: List[Dict[str, Any]] = []
+    if reasoning is not None:
+        chunks += [{"text": p, "thought": True} for p in pieces(reasoning)]
+    chunks += [{"text": p} for p in pieces(answer)]
+    if truncate:
+        chunks = chunks[: max(1, len(chunks) // 2)]
+    base = {"modelVersion": model, "responseId": f"mock-{seq}"}
+    last = len(chunks) - 1
+    for i, part in enumerate(chunks):
+        cand: Dict[str, Any] = {"content": {"role": "model", "parts": [part]}, "index": 0}
+        event = dict(base, candidates=[cand])
+        if i == last and not truncate:
+            cand["finishReason"] = finish
+            event["usageMetadata"] = _usage(body, answer, reasoning)
+        yield event
+    if not chunks and not truncate:
+        yield dict(base, candidates=[{"content": {"role": "model", "parts": []}, "finishReason": finish,
+                                      "index": 0}], usageMetadata=_usage(body, answer, reasoning))

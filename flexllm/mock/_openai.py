@@ -1,0 +1,110 @@
+"""The OpenAI-compatible dialect of the mock server (pure: request dict in, reply dicts out)."""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from ._directives import strip
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "not_found_error", 429: "rate_limit_error"}
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def texts(body: Dict[str, Any]) -> Tuple[str, str]:
+    """(all message text, last user message text)."""
+    messages = body.get("messages") or []
+    all_text = "\n".join(_text_of(m.get("content")) for m in messages if isinstance(m, dict))
+    last = ""
+    for m in messages:
+        if isinstance(m, dict) and m.get("role") == "user":
+            last = _text_of(m.get("content"))
+    return all_text, last
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def error_body(status: int, message: str, quota: bool = False, **_: Any) -> Dict[str, Any]:
+    if quota:
+        return {"error": {"message": "You exceeded your current quota, please check your plan and billing details.",
+                          "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}}
+    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error" if status >= 500
+                                                                   else "invalid_request_error"),
+                      "param": None, "code": None}}
+
+
+def _message(answer: str, reasoning: Optional[str], think: Optional[str]) -> Dict[str, Any]:
+    msg: Dict[str, Any] = {"role": "assistant", "content": answer}
+    if reasoning is None:
+        return msg
+    if think == "reasoning":
+        msg["reasoning"] = reasoning
+    elif think == "tags":
+        msg["content"] = f"<think>{reasoning}</think>{answer}"
+    elif think == "closing":
+        msg["content"] = f"{reasoning}</think>{answer}"
+    else:
+        msg["reasoning_content"] = reasoning
+    return msg
+
+
+def usage(body: Dict[str, Any], answer: str, reasoning: Optional[str], n: int = 1) -> Dict[str, int]:
+    all_text, _ = texts(body)
+    prompt = words(strip(all_text)) + 3 * len(body.get("messages") or [])
+    completion = (words(answer) + words(reasoning or "")) * n
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def reply(body: Dict[str, Any], seq: int, answer: str, reasoning: Optional[str], think: Optional[str],
+          finish: str) -> Dict[str, Any]:
+    n = max(1, int(body.get("n") or 1))
+    choices = [{"index": i, "message": _message(answer, reasoning, think), "finish_reason": finish}
+               for i in range(n)]
+    return {"id": f"chatcmpl-mock-{seq}", "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model"), "choices": choices, "usage": usage(body, answer, reasoning, n)}
+
+
+def pieces(text: str) -> List[str]:
+    """Split text into word-ish pieces whose concatenation is exactly `text`."""
+    out: List[str] = []
+    start = 0
+    for i, ch in enumerate(text):
+        if ch == " " and i > start:
+            out.append(text[start:i])
+            start = i
+    if start < len(text):
+        out.append(text[start:])
+    return out
+
+
+def stream_events(body: Dict[str, Any], seq: int, answer: str, reasoning: Optional[str], think: Optional[str],
+                  finish: str, truncate: bool) -> Iterator[Dict[str, Any]]:
+    """The chunk objects of a streamed reply (the caller frames them as SSE and adds [DONE])."""
+    base = {"id": f"chatcmpl-mock-{seq}", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": body.get("model")}
+    field = "reasoning" if think == "reasoning" else "reasoning_content"
+    content = answer
+    if reasoning is not None and think in ("tags", "closing"):
+        content = _message(answer, reasoning, think)["content"]
+    deltas: List[Dict[str, Any]] = [{"role": "assistant", "content": ""}]
+    if reasoning is not None and think not in ("tags", "closing"):
+        deltas += [{field: p} for p in pieces(reasoning)]
+    deltas += [{"content": p} for p in pieces(content)]
+    if truncate:
+        deltas = deltas[: max(2, len(deltas) // 2)]
+    for d in deltas:
+        yield dict(base, choices=[{"index": 0, "delta": d, "finish_reason": None}])
+    if truncate:
+        return
+    yield dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": finish}])
+    if (body.get("stream_options") or {}).get("include_usage"):
+        yield dict(base, choices=[], usage=usage(body, answer, reasoning))
