@@ -1,0 +1,176 @@
+"""The response cache: replies stored in SQLite through sqlitedict, as JSON, keyed by what changes them.
+
+One file, `<cache_dir>/responses.sqlite` (directory 0700, file 0600). With `use_ipc=True` the file is in
+WAL mode with a 30 s busy timeout, so many processes (cron jobs, gunicorn workers) share it safely;
+`use_ipc=False` takes an exclusive lock for a single process. A cache that cannot be opened logs one
+warning and the client runs uncached: the cache never fails a request.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+from ._hashing import canonical_json, strip_inline_media
+from .config import ResponseCacheConfig
+
+__all__ = ["CACHE_FILENAME", "ResponseCache", "cache_key"]
+
+logger = logging.getLogger(__name__)
+
+CACHE_FILENAME = "responses.sqlite"
+_TABLE = "responses"
+_CHUNK = 500  # keys per SELECT … IN (…): below SQLite's default variable limit
+_BUSY_TIMEOUT_MS = 30_000
+
+
+def cache_key(provider: str, model: str, messages: List[dict], params: Mapping[str, Any]) -> str:
+    """SHA-256 of everything that changes the answer: provider, model, messages (media hashed), params.
+
+    `params` are the output-affecting parameters (the adapter filters out library words); None values
+    are dropped so `{"temperature": None}` keys the same as `{}`.
+    """
+    payload = {"p": provider, "m": model, "msg": strip_inline_media(messages),
+               "params": {k: v for k, v in params.items() if v is not None}}
+    return hashlib.sha256(canonical_json(payload).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class ResponseCache:
+    """A thread-safe, fork-safe SQLite cache of replies (JSON values, never pickle)."""
+
+    def __init__(self, config: ResponseCacheConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.ttl = int(config.ttl)
+        self.directory = os.path.abspath(os.path.expanduser(config.cache_dir))
+        self.path = os.path.join(self.directory, CACHE_FILENAME)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._warned = False
+        self._db: Any = None
+        self._pid = 0
+        self._open()
+
+    @classmethod
+    def open(cls, config: Optional[ResponseCacheConfig], *,
+             clock: Callable[[], float] = time.time) -> Optional["ResponseCache"]:
+        """The cache for `config`, or None when disabled or unusable (with one warning)."""
+        if config is None or not config.enabled:
+            return None
+        try:
+            return cls(config, clock=clock)
+        except Exception as exc:  # any failure to open means "run uncached", never a failed request
+            logger.warning("response cache disabled: cannot open %s (%s: %s)",
+                           os.path.join(os.path.expanduser(config.cache_dir), CACHE_FILENAME),
+                           type(exc).__name__, exc)
+            return None
+
+    def _open(self) -> None:
+        from sqlitedict import SqliteDict
+
+        if not os.path.isdir(self.directory):
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        if os.stat(self.path).st_uid == os.getuid():
+            os.chmod(self.path, 0o600)
+        probe = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000)
+        try:  # a corrupt file fails here, quietly, instead of inside sqlitedict's thread
+            probe.execute("PRAGMA schema_version").fetchone()
+        finally:
+            probe.close()
+        db = SqliteDict(self.path, tablename=_TABLE, autocommit=True, outer_stack=False,
+                        journal_mode="WAL" if self.config.use_ipc else "DELETE",
+                        encode=_encode, decode=json.loads)
+        try:
+            # wait for other processes' writes instead of failing; NORMAL is durable enough in WAL mode
+            db.conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            db.conn.execute("PRAGMA synchronous = NORMAL")
+            if not self.config.use_ipc:
+                db.conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+            db.conn.select_one(f'SELECT COUNT(*) FROM "{_TABLE}" WHERE 0')  # surfaces a corrupt file now
+        except Exception:
+            db.close(force=True)
+            raise
+        self._db, self._pid = db, os.getpid()
+
+    def _handle(self) -> Any:
+        if self._db is None or self._pid != os.getpid():  # closed, or forked: no connection thread here
+            with self._lock:
+                if self._db is None or self._pid != os.getpid():
+                    self._open()
+        return self._db
+
+    def _fail(self, what: str, exc: BaseException) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.warning("response cache %s failed (%s: %s); requests go on uncached where it fails",
+                           what, type(exc).__name__, exc)
+
+    def _fresh(self, value: Any) -> Optional[dict]:
+        if not isinstance(value, dict):
+            return None
+        if self.ttl > 0 and float(value.get("created", 0.0)) + self.ttl < self._clock():
+            return None
+        return value
+
+    def get(self, key: str) -> Optional[dict]:
+        """The stored entry, or None when absent or expired."""
+        try:
+            return self._fresh(self._handle().get(key))
+        except Exception as exc:
+            self._fail("read", exc)
+            return None
+
+    def get_many(self, keys: Sequence[str]) -> Dict[str, dict]:
+        """The fresh entries among `keys` (hits only), in one SELECT per 500 keys."""
+        out: Dict[str, dict] = {}
+        if not keys:
+            return out
+        try:
+            conn = self._handle().conn
+            unique = list(dict.fromkeys(keys))
+            for start in range(0, len(unique), _CHUNK):
+                chunk = unique[start:start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for key, raw in conn.select(f'SELECT key, value FROM "{_TABLE}" WHERE key IN ({marks})', chunk):
+                    value = self._fresh(json.loads(raw))
+                    if value is not None:
+                        out[key] = value
+        except Exception as exc:
+            self._fail("read", exc)
+        return out
+
+    def set(self, key: str, value: Mapping[str, Any]) -> None:
+        """Store `value` (plus its creation time); errors are logged once, never raised."""
+        try:
+            self._handle()[key] = dict(value, created=self._clock())
+        except Exception as exc:
+            self._fail("write", exc)
+
+    def set_many(self, items: Mapping[str, Mapping[str, Any]]) -> None:
+        """Store several entries."""
+        for key, value in items.items():
+            self.set(key, value)
+
+    def close(self) -> None:
+        """Flush pending writes and close (only a connection this process opened)."""
+        with self._lock:
+            db, self._db = self._db, None
+            if db is not None and self._pid == os.getpid():
+                try:
+                    db.close()
+                except Exception as exc:
+                    self._fail("close", exc)
+
+    def __repr__(self) -> str:
+        return f"ResponseCache(path={self.path!r}, ttl={self.ttl})"
+
+
+def _encode(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
