@@ -8,20 +8,19 @@ from __future__ import annotations
 import os
 import time
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
-from urllib.parse import urlsplit
 
 from ._api import ClientAPI
 from ._constants import DEFAULT_CONCURRENCY, DEFAULT_RETRY_DELAY, DEFAULT_RETRY_TIMES, DEFAULT_TIMEOUT
 from ._pipeline import Outcome, Pipeline
 from .config import ResponseCacheConfig
 from .providers.base import ProviderAdapter
+from .providers.gemini import GeminiAdapter, detect_gemini
 from .providers.openai import OpenAIAdapter, split_thoughts
 from .types import StreamEvent
 
 __all__ = ["GeminiClient", "LLMClient", "OpenAIClient"]
 
 PROVIDERS = ("auto", "openai", "gemini")
-_GOOGLE_HOSTS = ("generativelanguage.googleapis.com", "aiplatform.googleapis.com")
 
 
 class _BaseClient(ClientAPI):
@@ -71,7 +70,6 @@ def _openai_adapter(base_url: Optional[str], api_key: Optional[str], thinking: A
 
 def _gemini_adapter(*, api_key: Optional[str], base_url: Optional[str], project_id: Optional[str], location: str,
                     use_vertex_ai: bool, access_token: Optional[str], credentials: Any, thinking: Any) -> ProviderAdapter:
-    from .providers.gemini import GeminiAdapter
     from .providers.vertex_auth import VertexTokenProvider
 
     if api_key in (None, "", "EMPTY") and not use_vertex_ai:
@@ -142,13 +140,7 @@ class GeminiClient(_BaseClient):
 
 def detect_provider(base_url: Optional[str], model: Optional[str], use_vertex_ai: bool = False) -> str:
     """"gemini" for Google endpoints / `gemini-*` models without a base_url, else "openai"."""
-    if use_vertex_ai:
-        return "gemini"
-    if base_url:
-        host = urlsplit(base_url).hostname or ""
-        return "gemini" if host.endswith(_GOOGLE_HOSTS) else "openai"
-    name = (model or "").lower().split("/")[-1]
-    return "gemini" if name.startswith("gemini") else "openai"
+    return "gemini" if use_vertex_ai or detect_gemini(base_url, model) else "openai"
 
 
 class LLMClient(_BaseClient):

@@ -1,0 +1,363 @@
+"""The Google Gemini adapter: Developer API and Vertex AI (generateContent / streamGenerateContent)."""
+from __future__ import annotations
+
+import json
+import mimetypes
+import re
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
+
+from ..errors import (APIStatusError, ContentBlockedError, QuotaExceededError, ResponseParseError,
+                      status_error_class)
+from ..types import ChatCompletionResult, StreamEvent
+from .base import LIBRARY_KWARGS, ProviderAdapter, RequestSpec
+
+__all__ = ["GeminiAdapter", "detect_gemini", "gemini_thinking_config"]
+
+DEVELOPER_BASE = "https://generativelanguage.googleapis.com"
+GOOGLE_HOSTS = ("generativelanguage.googleapis.com", "aiplatform.googleapis.com")
+LEVELS = ("minimal", "low", "medium", "high")
+BLOCK_FINISH = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"})
+FINISH = {"STOP": "stop", "MAX_TOKENS": "length"}
+#: OpenAI-style kwarg → generationConfig field
+PARAM_MAP = {"max_tokens": "maxOutputTokens", "max_completion_tokens": "maxOutputTokens", "n": "candidateCount",
+             "temperature": "temperature", "top_p": "topP", "top_k": "topK", "seed": "seed",
+             "presence_penalty": "presencePenalty", "frequency_penalty": "frequencyPenalty"}
+#: Gemini's own generationConfig names, accepted as kwargs too
+NATIVE = frozenset({"maxOutputTokens", "candidateCount", "topP", "topK", "stopSequences", "responseMimeType",
+                    "responseSchema", "responseJsonSchema", "presencePenalty", "frequencyPenalty",
+                    "responseLogprobs", "logprobs", "responseModalities", "mediaResolution", "thinkingConfig"})
+PASS_THROUGH = frozenset({"generationConfig", "safetySettings", "safety_settings", "extra_body", "tools",
+                          "tool_choice", "toolConfig", "cachedContent", "labels", "stream", "stream_options",
+                          "stop", "response_format", "extra_headers"})
+_MAX_ERROR_TEXT = 500
+_DURATION = re.compile(r"^\s*([0-9.]+)\s*(ms|s)?\s*$")
+
+
+def detect_gemini(base_url: Optional[str], model: Optional[str]) -> bool:
+    """True for Google endpoints, or a `gemini-*` model given no base_url."""
+    if base_url:
+        return (urlsplit(base_url).hostname or "").endswith(GOOGLE_HOSTS)
+    name = (model or "").lower()
+    for prefix in ("models/", "google/"):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    return name.startswith("gemini")
+
+
+def gemini_thinking_config(thinking: Any, model: str) -> Optional[Dict[str, Any]]:
+    """thinkingConfig for a thinking value (DESIGN §8); None sends nothing.
+
+    False turns thinking off where the model allows it: 2.5 Flash/Flash-Lite take budget 0; 2.5 Pro cannot
+    turn it off, so it gets its minimum budget (128); Gemini 3 models take the lowest level ("low",
+    or "minimal" on Flash models).
+    """
+    if thinking is None:
+        return None
+    if isinstance(thinking, str):
+        if thinking not in LEVELS:
+            raise ValueError(f"thinking must be True, False, None or one of {LEVELS}, got {thinking!r}")
+        return {"thinkingLevel": thinking}
+    if not isinstance(thinking, bool):
+        raise ValueError(f"thinking must be True, False, None or one of {LEVELS}, got {thinking!r}")
+    if thinking:
+        return {"includeThoughts": True}
+    name = model.lower()
+    if "gemini-3" in name:
+        return {"thinkingLevel": "minimal" if "flash" in name else "low"}
+    if "2.5-pro" in name:
+        return {"thinkingBudget": 128}
+    return {"thinkingBudget": 0}
+
+
+def _data_url(url: str) -> Optional[Dict[str, Any]]:
+    if not url.startswith("data:") or ";base64," not in url:
+        return None
+    mime, data = url[5:].split(";base64,", 1)
+    return {"inlineData": {"mimeType": mime or "application/octet-stream", "data": data}}
+
+
+def _file_part(url: str) -> Dict[str, Any]:
+    mime = mimetypes.guess_type(urlsplit(url).path)[0] or "application/octet-stream"
+    return {"fileData": {"mimeType": mime, "fileUri": url}}
+
+
+def _parts(content: Any) -> List[Dict[str, Any]]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"text": content}]
+    if not isinstance(content, list):
+        raise ValueError(f"message content must be a string or a list of parts, got {type(content).__name__}")
+    parts: List[Dict[str, Any]] = []
+    for p in content:
+        kind = p.get("type") if isinstance(p, dict) else None
+        if kind == "text":
+            parts.append({"text": p.get("text", "")})
+        elif kind in ("image_url", "file", "input_audio", "video_url"):
+            ref = p.get(kind) or {}
+            url = ref.get("url") if isinstance(ref, dict) else ref
+            if not isinstance(url, str):
+                raise ValueError(f"content part of type {kind!r} has no url")
+            parts.append(_data_url(url) or _file_part(url))
+        elif isinstance(p, dict) and ("inlineData" in p or "fileData" in p or "text" in p):
+            parts.append(p)  # already Gemini-shaped
+        else:
+            raise ValueError(f"unsupported content part {kind!r}; use text, image_url (data:, gs://, https://)")
+    return parts
+
+
+def to_contents(messages: List[dict]) -> Tuple[List[Dict[str, Any]], Optional[Dict[str, Any]]]:
+    """OpenAI-style messages → (contents, systemInstruction)."""
+    contents: List[Dict[str, Any]] = []
+    system: List[Dict[str, Any]] = []
+    for m in messages:
+        role = m.get("role")
+        if role in ("system", "developer"):
+            system.extend(_parts(m.get("content")))
+        elif role in ("user", "assistant", "model"):
+            parts = _parts(m.get("content"))
+            for call in m.get("tool_calls") or ():
+                fn = call.get("function", {})
+                args = fn.get("arguments") or "{}"
+                parts.append({"functionCall": {"name": fn.get("name"),
+                                               "args": json.loads(args) if isinstance(args, str) else args}})
+            contents.append({"role": "user" if role == "user" else "model", "parts": parts})
+        elif role == "tool":
+            payload = m.get("content")
+            try:
+                payload = json.loads(payload) if isinstance(payload, str) else payload
+            except ValueError:
+                pass
+            contents.append({"role": "user", "parts": [{"functionResponse": {
+                "name": m.get("name") or m.get("tool_call_id") or "tool",
+                "response": payload if isinstance(payload, dict) else {"result": payload}}}]})
+        else:
+            raise ValueError(f"unsupported message role {role!r} for Gemini")
+    return contents, ({"parts": system} if system else None)
+
+
+def to_usage(meta: Optional[Mapping[str, Any]]) -> Optional[Dict[str, int]]:
+    """usageMetadata → OpenAI-style usage (thinking counted as completion: it is billed as output)."""
+    if not meta:
+        return None
+    thoughts = int(meta.get("thoughtsTokenCount") or 0)
+    usage = {"prompt_tokens": int(meta.get("promptTokenCount") or 0),
+             "completion_tokens": int(meta.get("candidatesTokenCount") or 0) + thoughts,
+             "total_tokens": int(meta.get("totalTokenCount") or 0)}
+    if thoughts:
+        usage["thoughts_tokens"] = thoughts
+    if meta.get("cachedContentTokenCount"):
+        usage["cached_tokens"] = int(meta["cachedContentTokenCount"])
+    return usage
+
+
+def _split_parts(parts: Any) -> Tuple[str, str, List[Dict[str, Any]]]:
+    text: List[str] = []
+    thought: List[str] = []
+    calls: List[Dict[str, Any]] = []
+    for p in parts or ():
+        if not isinstance(p, dict):
+            continue
+        if "functionCall" in p:
+            fc = p["functionCall"]
+            calls.append({"id": f"call_{len(calls)}", "type": "function",
+                          "function": {"name": fc.get("name"), "arguments": json.dumps(fc.get("args") or {})}})
+        elif "text" in p:
+            (thought if p.get("thought") else text).append(p["text"])
+    return "".join(text), "".join(thought), calls
+
+
+def _duration(value: Any) -> Optional[float]:
+    m = _DURATION.match(str(value)) if value is not None else None
+    if not m:
+        return None
+    number = float(m.group(1))
+    return number / 1000.0 if m.group(2) == "ms" else number
+
+
+class GeminiAdapter(ProviderAdapter):
+    """Builds Gemini requests and parses replies. Pure, apart from asking `token_provider` for a token."""
+
+    name = "gemini"
+
+    def __init__(self, *, api_key: Optional[str] = None, base_url: Optional[str] = None,
+                 project_id: Optional[str] = None, location: str = "us-central1", use_vertex_ai: bool = False,
+                 token_provider: Optional[Callable[[], str]] = None, thinking: Any = None,
+                 api_version: Optional[str] = None) -> None:
+        gemini_thinking_config(thinking, "")  # validate early
+        self.thinking = thinking
+        self.use_vertex_ai = use_vertex_ai
+        self._api_key = api_key or ""
+        self._token_provider = token_provider
+        if use_vertex_ai:
+            if not project_id:
+                raise ValueError("Vertex AI needs project_id")
+            host = "https://aiplatform.googleapis.com" if location == "global" else \
+                f"https://{location}-aiplatform.googleapis.com"
+            base = (base_url or host).rstrip("/")
+            version = api_version or "v1"
+            self._prefix = f"{base}/{version}/projects/{project_id}/locations/{location}/publishers/google/models/"
+        else:
+            if not self._api_key:
+                raise ValueError("the Gemini Developer API needs api_key= (or GEMINI_API_KEY / GOOGLE_API_KEY)")
+            base = (base_url or DEVELOPER_BASE).rstrip("/")
+            version = api_version or "v1beta"
+            if base.endswith(("/v1beta", "/v1")):
+                base, version = base.rsplit("/", 1)
+            self._prefix = f"{base}/{version}/models/"
+        self.base_url = base
+        self._headers = {"Content-Type": "application/json"}
+        if self._api_key and not use_vertex_ai:
+            self._headers["x-goog-api-key"] = self._api_key
+
+    # -- request ------------------------------------------------------------------------------------
+    def build_request(self, messages: List[dict], model: str, params: Dict[str, Any], *,
+                      stream: bool = False) -> RequestSpec:
+        model_id = model[len("models/"):] if model.startswith("models/") else model
+        contents, system = to_contents(messages)
+        body: Dict[str, Any] = {"contents": contents}
+        if system:
+            body["systemInstruction"] = system
+        config = self._generation_config(model_id, params)
+        if config:
+            body["generationConfig"] = config
+        safety = params.get("safetySettings") or params.get("safety_settings")
+        if safety:
+            body["safetySettings"] = safety
+        if params.get("tools"):
+            body["tools"] = self._tools(params["tools"])
+        for key in ("toolConfig", "cachedContent", "labels"):
+            if key in params:
+                body[key] = params[key]
+        if params.get("extra_body"):
+            body.update(params["extra_body"])
+        action = "streamGenerateContent?alt=sse" if stream else "generateContent"
+        headers = self._headers
+        if self._token_provider is not None:
+            headers = dict(headers, Authorization=f"Bearer {self._token_provider()}")
+        if params.get("extra_headers"):
+            headers = {**headers, **params["extra_headers"]}
+        return RequestSpec("POST", f"{self._prefix}{model_id}:{action}", headers, body, params.get("timeout"))
+
+    def _generation_config(self, model: str, params: Dict[str, Any]) -> Dict[str, Any]:
+        config: Dict[str, Any] = {}
+        unknown = []
+        for key, value in params.items():
+            if value is None or key in LIBRARY_KWARGS or key in PASS_THROUGH:
+                continue
+            if key in PARAM_MAP:
+                config[PARAM_MAP[key]] = value
+            elif key in NATIVE:
+                config[key] = value
+            else:
+                unknown.append(key)
+        if unknown:
+            raise ValueError(f"Gemini does not support {sorted(unknown)}; supported: "
+                             f"{sorted(set(PARAM_MAP) | {'stop', 'response_format', 'tools'})}, Gemini's own "
+                             "generationConfig names, generationConfig=, safety_settings=, extra_body=")
+        stop = params.get("stop")
+        if stop:
+            config["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+        fmt = params.get("response_format")
+        if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+            config["responseMimeType"] = "application/json"
+            schema = (fmt.get("json_schema") or {}).get("schema")
+            if schema is not None:
+                config["responseJsonSchema"] = schema
+        thinking = params["thinking"] if "thinking" in params else self.thinking
+        thinking_config = gemini_thinking_config(thinking, model)
+        if thinking_config:
+            config["thinkingConfig"] = {**thinking_config, **config.get("thinkingConfig", {})}
+        config.update(params.get("generationConfig") or {})
+        return config
+
+    @staticmethod
+    def _tools(tools: List[dict]) -> List[dict]:
+        decls = [t["function"] for t in tools if isinstance(t, dict) and t.get("type") == "function"]
+        native = [t for t in tools if isinstance(t, dict) and t.get("type") != "function"]
+        return ([{"functionDeclarations": decls}] if decls else []) + native
+
+    # -- replies ------------------------------------------------------------------------------------
+    def parse_response(self, data: Dict[str, Any], *, model: str) -> ChatCompletionResult:
+        candidates = data.get("candidates")
+        if not candidates:
+            reason = (data.get("promptFeedback") or {}).get("blockReason")
+            if reason:
+                raise ContentBlockedError(f"prompt blocked by Gemini: {reason}", reason=reason,
+                                          provider=self.name, model=model)
+            raise ResponseParseError("reply has no candidates", provider=self.name, model=model)
+        cand = candidates[0]
+        text, thought, calls = _split_parts((cand.get("content") or {}).get("parts"))
+        finish = cand.get("finishReason")
+        if finish in BLOCK_FINISH and not text and not calls:
+            raise ContentBlockedError(f"reply blocked by Gemini: {finish}", reason=finish, provider=self.name,
+                                      model=model)
+        return ChatCompletionResult(content=text, usage=to_usage(data.get("usageMetadata")),
+                                    reasoning_content=thought or None, tool_calls=calls or None,
+                                    finish_reason=FINISH.get(finish, finish.lower() if finish else None))
+
+    def parse_stream_line(self, line: str, *, model: str) -> Optional[StreamEvent]:
+        if not line.startswith("data:"):
+            return None
+        try:
+            chunk = json.loads(line[5:])
+        except ValueError:
+            raise ResponseParseError(f"stream chunk is not JSON: {line[:200]!r}", provider=self.name,
+                                     model=model) from None
+        if not isinstance(chunk, dict):
+            raise ResponseParseError("stream chunk is not a JSON object", provider=self.name, model=model)
+        if chunk.get("error"):
+            raise ResponseParseError(f"server error inside stream: {str(chunk['error'])[:_MAX_ERROR_TEXT]}",
+                                     provider=self.name, model=model)
+        reason = (chunk.get("promptFeedback") or {}).get("blockReason")
+        if reason:
+            raise ContentBlockedError(f"prompt blocked by Gemini: {reason}", reason=reason, provider=self.name,
+                                      model=model)
+        event = StreamEvent(usage=to_usage(chunk.get("usageMetadata")), raw=chunk)
+        candidates = chunk.get("candidates") or ()
+        if candidates:
+            text, thought, _ = _split_parts((candidates[0].get("content") or {}).get("parts"))
+            event.content, event.reasoning = text, thought
+            finish = candidates[0].get("finishReason")
+            if finish:
+                event.finish_reason = FINISH.get(finish, finish.lower())
+        return event
+
+    def stream_complete(self, saw_done: bool, finish_reason: Optional[str]) -> bool:
+        return finish_reason is not None  # Gemini has no [DONE]: the last chunk carries finishReason
+
+    def map_error(self, status_code: int, body: Any, headers: Mapping[str, str], *, model: str) -> APIStatusError:
+        err = body.get("error") if isinstance(body, dict) else None
+        retry_after = None
+        cls = status_error_class(status_code)
+        code = None
+        if isinstance(err, dict):
+            code = err.get("status")
+            message = str(err.get("message") or "")[:_MAX_ERROR_TEXT]
+            if code:
+                message = f"{message} ({code})"
+            for detail in err.get("details") or ():
+                kind = str(detail.get("@type", "")) if isinstance(detail, dict) else ""
+                if kind.endswith("google.rpc.RetryInfo"):
+                    retry_after = _duration(detail.get("retryDelay"))
+                elif kind.endswith("google.rpc.QuotaFailure") and status_code == 429:
+                    text = json.dumps(detail.get("violations") or []).lower()
+                    if "perday" in text or "per day" in text:
+                        cls = QuotaExceededError
+        else:
+            message = (body if isinstance(body, str) else json.dumps(body, default=str))[:_MAX_ERROR_TEXT]
+        return cls(self.redact(message or "(empty body)"), status_code=status_code, body=body, headers=headers,
+                   code=code, retry_after=retry_after, provider=self.name, model=model)
+
+    def cache_params(self, params: Dict[str, Any]) -> Dict[str, Any]:
+        out = {k: v for k, v in params.items() if k not in LIBRARY_KWARGS and k != "extra_headers" and v is not None}
+        thinking = params["thinking"] if "thinking" in params else self.thinking
+        if thinking is not None:
+            out["thinking"] = thinking
+        return out
+
+    def redact(self, text: str) -> str:
+        if self._api_key and len(self._api_key) >= 4:
+            text = text.replace(self._api_key, "***")
+        return text
