@@ -18,7 +18,7 @@ from .errors import LLMError, ResponseParseError, StreamTruncatedError
 from .http import Transport
 from .providers.base import ProviderAdapter, RequestSpec
 from .ratelimit import TokenBucket
-from .retry import RetryPolicy
+from .retry import RetryPolicy, is_retryable
 from .types import ChatCompletionResult, StreamEvent
 
 if TYPE_CHECKING:
@@ -67,14 +67,15 @@ class Pipeline:
                  max_qps: Optional[float], retry_times: int, retry_delay: float,
                  cache: Optional[ResponseCacheConfig] = None,
                  sleep: Callable[[float], None] = time.sleep,
-                 transport: Optional[Transport] = None) -> None:
+                 transport: Optional[Transport] = None,
+                 retryable: Callable[[BaseException], bool] = is_retryable) -> None:
         if concurrency_limit < 1:
             raise ValueError(f"concurrency_limit must be >= 1, got {concurrency_limit!r}")
         self.adapter = adapter
         self.concurrency_limit = int(concurrency_limit)
         self._slots = threading.BoundedSemaphore(self.concurrency_limit)
         self.bucket = TokenBucket(max_qps, sleep=sleep) if max_qps else None
-        self.retry = RetryPolicy(retry_times, retry_delay, sleep=sleep)
+        self.retry = RetryPolicy(retry_times, retry_delay, sleep=sleep, retryable=retryable)
         self.transport = transport or Transport(timeout=float(timeout), max_connections=self.concurrency_limit,
                                                 provider=adapter.name, redact=adapter.redact)
         self._cache_config = cache if cache is not None and cache.enabled else None

@@ -28,7 +28,8 @@ class _BaseClient(ClientAPI):
 
     def __init__(self, adapter: ProviderAdapter, *, model: Optional[str], cache: Optional[ResponseCacheConfig],
                  concurrency_limit: int, max_qps: Optional[float], retry_times: int, retry_delay: float,
-                 timeout: float, sleep: Callable[[float], None] = time.sleep) -> None:
+                 timeout: float, sleep: Callable[[float], None] = time.sleep,
+                 retryable: Optional[Callable[[BaseException], bool]] = None) -> None:
         if cache is not None and not isinstance(cache, ResponseCacheConfig):
             raise TypeError("cache must be a ResponseCacheConfig, e.g. ResponseCacheConfig.with_ttl(3600)")
         self.model = model
@@ -36,7 +37,8 @@ class _BaseClient(ClientAPI):
         self.max_qps = max_qps
         self.adapter = adapter
         self._pipeline = Pipeline(adapter, timeout=timeout, concurrency_limit=concurrency_limit, max_qps=max_qps,
-                                  retry_times=retry_times, retry_delay=retry_delay, cache=cache, sleep=sleep)
+                                  retry_times=retry_times, retry_delay=retry_delay, cache=cache, sleep=sleep,
+                                  **({"retryable": retryable} if retryable else {}))
 
     @property
     def provider(self) -> str:

@@ -16,7 +16,7 @@ from ._api import ClientAPI
 from ._pipeline import Outcome, Pipeline
 from .client import LLMClient, _BaseClient
 from .config import ResponseCacheConfig
-from .errors import AuthenticationError, LLMError, NotFoundError, QuotaExceededError
+from .errors import APIConnectionError, AuthenticationError, LLMError, NotFoundError, QuotaExceededError
 from .retry import is_retryable, retry_wait
 from .router import ProviderConfig, ProviderRouter
 from .types import StreamEvent
@@ -27,6 +27,11 @@ logger = logging.getLogger("flexllm")
 
 _ENDPOINT_KEYS = {"base_url", "api_key", "model", "provider", "weight", "concurrency_limit", "max_qps"}
 _SLOT_WAIT = 0.5  # seconds between re-checks while every healthy endpoint is busy
+
+
+def _retry_here(exc: BaseException) -> bool:
+    """What an endpoint retries itself: transient answers. A dead connection moves on at once."""
+    return is_retryable(exc) and not isinstance(exc, APIConnectionError)
 
 
 def _fails_over(exc: BaseException) -> bool:
@@ -58,8 +63,8 @@ class LLMClientPool(ClientAPI):
         self.retry_delay = float(retry_delay)
         self._clients: List[_BaseClient] = list(clients) if clients else [
             self._make_client(i, e, model=model, cache=cache, timeout=timeout, concurrency_limit=concurrency_limit,
-                              max_qps=max_qps, retry_times=retry_times if not fallback else 0,
-                              retry_delay=retry_delay)
+                              max_qps=max_qps, retry_times=retry_times, retry_delay=retry_delay,
+                              retryable=_retry_here if fallback else None)
             for i, e in enumerate(endpoints or [])]
         weights = [float((endpoints or [{}] * len(self._clients))[i].get("weight", 1.0)) if endpoints else 1.0
                    for i in range(len(self._clients))]

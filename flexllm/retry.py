@@ -83,13 +83,14 @@ def retry_wait(exc: BaseException, retry_index: int, retry_delay: float,
 class RetryPolicy:
     """Runs a call with retries. Immutable after construction; one instance serves every thread.
 
-    `sleep` is injectable so tests never wait on the wall clock; `on_retry(exc, wait)` is told of each
-    retry (the batch engine counts them).
+    `sleep` is injectable so tests never wait on the wall clock; `retryable` narrows what is retried
+    (a pool retries connection errors on another endpoint instead).
     """
 
     def __init__(self, retry_times: int = 3, retry_delay: float = 1.0, *,
                  sleep: Callable[[float], None] = time.sleep,
-                 rng: Callable[[], float] = random.random) -> None:
+                 rng: Callable[[], float] = random.random,
+                 retryable: Callable[[BaseException], bool] = is_retryable) -> None:
         if retry_times < 0:
             raise ValueError(f"retry_times must be >= 0, got {retry_times!r}")
         self.retry_times = int(retry_times)
@@ -107,7 +108,7 @@ class RetryPolicy:
 
         self._retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.retry_times + 1),
-            retry=tenacity.retry_if_exception(is_retryable),
+            retry=tenacity.retry_if_exception(retryable),
             wait=wait,
             sleep=sleep,
             before_sleep=before_sleep,

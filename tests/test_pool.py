@@ -93,11 +93,12 @@ def test_all_dead_raises_after_retries(servers):
 def test_stream_fails_over_before_first_chunk_only(servers):
     slow, _, healthy = servers
     pool = LLMClientPool(endpoints=[{"base_url": slow.url, "model": "m"}, {"base_url": healthy.url, "model": "m"}],
-                         retry_delay=0.01, load_balance="fallback")
+                         retry_delay=0.01, retry_times=1, load_balance="fallback")
     slow.add_rule(status=503)
     assert "".join(pool.chat_completions_stream_sync(user("a b c"))) == "echo: a b c"
-    assert [r.status for r in slow.requests] == [503]
+    assert [r.status for r in slow.requests] == [503, 503]  # its own retry, then the other endpoint
     slow.clear()
+    healthy.clear()
     slow.add_rule(truncate=1)  # chunks arrive, then the stream breaks: no silent switch mid-answer
     pieces = []
     with pytest.raises(Exception):
