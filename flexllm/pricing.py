@@ -1,0 +1,110 @@
+"""Model prices and cost estimates.
+
+Prices are USD per token (written as dollars per million / 1e6), standard tier, short context, as
+published by each provider and taken on 2025-11-20. They are list prices and they change: pass your
+own numbers by editing `MODEL_PRICING` (a plain dict) if yours differ.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Dict, Iterable, List, Optional
+
+__all__ = ["MODEL_PRICING", "PRICES_TAKEN_ON", "estimate_batch_cost", "estimate_cost", "get_model_pricing"]
+
+logger = logging.getLogger(__name__)
+
+PRICES_TAKEN_ON = "2025-11-20"
+
+
+def _p(inp: float, out: float) -> Dict[str, float]:
+    return {"input": inp / 1e6, "output": out / 1e6}
+
+
+MODEL_PRICING: Dict[str, Dict[str, float]] = {
+    # OpenAI
+    "gpt-4o": _p(2.5, 10), "gpt-4o-mini": _p(0.15, 0.60), "chatgpt-4o-latest": _p(5, 15),
+    "gpt-4": _p(30, 60), "gpt-4-32k": _p(60, 120), "gpt-4-turbo": _p(10, 30),
+    "gpt-3.5-turbo": _p(0.5, 1.5),
+    "gpt-4.1": _p(2, 8), "gpt-4.1-mini": _p(0.4, 1.6), "gpt-4.1-nano": _p(0.1, 0.4),
+    "gpt-5": _p(1.25, 10), "gpt-5-mini": _p(0.25, 2), "gpt-5-nano": _p(0.05, 0.4), "gpt-5.1": _p(1.25, 10),
+    "o1": _p(15, 60), "o1-mini": _p(1.1, 4.4), "o1-pro": _p(150, 600),
+    "o3": _p(2, 8), "o3-mini": _p(1.1, 4.4), "o3-pro": _p(20, 80), "o4-mini": _p(1.1, 4.4),
+    # Anthropic
+    "claude-3-5-sonnet": _p(3, 15), "claude-3-5-haiku": _p(0.8, 4), "claude-3-7-sonnet": _p(3, 15),
+    "claude-3-opus": _p(15, 75), "claude-3-haiku": _p(0.25, 1.25),
+    "claude-sonnet-4": _p(3, 15), "claude-sonnet-4-5": _p(3, 15), "claude-opus-4": _p(15, 75),
+    "claude-opus-4-1": _p(15, 75), "claude-opus-4-5": _p(5, 25), "claude-haiku-4-5": _p(1, 5),
+    # Google Gemini
+    "gemini-2.5-pro": _p(1.25, 10), "gemini-2.5-flash": _p(0.30, 2.50), "gemini-2.5-flash-lite": _p(0.10, 0.40),
+    "gemini-2.0-flash": _p(0.10, 0.40), "gemini-2.0-flash-lite": _p(0.075, 0.30),
+    "gemini-1.5-pro": _p(1.25, 5), "gemini-1.5-flash": _p(0.075, 0.30), "gemini-3-pro-preview": _p(2, 12),
+    # DeepSeek
+    "deepseek-chat": _p(0.14, 0.28), "deepseek-reasoner": _p(0.55, 2.19),
+    # Qwen (DashScope international)
+    "qwen-max": _p(2, 6), "qwen-plus": _p(0.4, 1.2), "qwen-turbo": _p(0.05, 0.2), "qwen-flash": _p(0.05, 0.4),
+    "qwen3-max": _p(1.2, 6),
+}
+
+_PREFIXES = ("openai/", "anthropic/", "google/", "models/", "deepseek/", "qwen/", "dashscope/")
+_warned: set = set()
+_warn_lock = threading.Lock()
+
+
+def _normalise(model: str) -> str:
+    name = (model or "").strip().lower()
+    for prefix in _PREFIXES:
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    return name
+
+
+def get_model_pricing(model: str) -> Optional[Dict[str, float]]:
+    """`{"input", "output"}` USD per token: exact name, else the longest known prefix (so
+    `gpt-4o-mini-2024-07-18` is priced as gpt-4o-mini, never gpt-4o); None when unknown."""
+    name = _normalise(model)
+    table = MODEL_PRICING
+    if name in table:
+        return table[name]
+    best = None
+    for key in table:
+        if name.startswith(key) and (best is None or len(key) > len(best)):
+            best = key
+    return table[best] if best else None
+
+
+def estimate_cost(tokens: int, model: str = "gpt-4", is_input: bool = True) -> float:
+    """USD for `tokens` input (or output) tokens of `model`; 0.0 with one warning for an unknown model."""
+    price = get_model_pricing(model)
+    if price is None:
+        with _warn_lock:
+            if model not in _warned:
+                _warned.add(model)
+                logger.warning("no price known for model %r: its cost is counted as 0.0 "
+                               "(add it to flexllm.MODEL_PRICING)", model)
+        return 0.0
+    return tokens * price["input" if is_input else "output"]
+
+
+def estimate_batch_cost(messages_list: Iterable[List[dict]], model: str = "gpt-4",
+                        avg_output_tokens: int = 0) -> Dict[str, Any]:
+    """Tokens and USD of a batch before it runs: every conversation's prompt tokens, plus
+    `avg_output_tokens` per item if you expect that many back.
+
+    Returns `{"count", "input_tokens", "estimated_output_tokens", "total_tokens", "input_cost",
+    "output_cost", "estimated_cost_usd", "model"}` (the keys of flexllm 0.2, plus the split costs).
+    """
+    from .tokens import count_messages_tokens
+
+    count = 0
+    input_tokens = 0
+    for messages in messages_list:
+        count += 1
+        input_tokens += count_messages_tokens(messages, model)
+    output_tokens = count * int(avg_output_tokens)
+    input_cost = estimate_cost(input_tokens, model, True)
+    output_cost = estimate_cost(output_tokens, model, False) if output_tokens else 0.0
+    return {"count": count, "input_tokens": input_tokens, "estimated_output_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens, "input_cost": round(input_cost, 6),
+            "output_cost": round(output_cost, 6), "estimated_cost_usd": round(input_cost + output_cost, 6),
+            "model": model}
