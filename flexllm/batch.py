@@ -148,9 +148,8 @@ class BatchJob:
             interrupted = True
             self._stop.set()
             self.stopped_reason = "interrupted"
-            abort = getattr(self.runner, "abort", None)
-            if abort is not None:
-                abort()  # fail in-flight requests now instead of waiting up to their timeout
+            executor.shutdown(wait=False, cancel_futures=True)  # queued items never start
+            self._drain(in_flight, done_q, checkpoint, progress)
             raise
         except GeneratorExit:  # the consumer stopped iterating: in-flight requests finish in the background
             interrupted = True
@@ -167,6 +166,23 @@ class BatchJob:
             if interrupted:
                 logger.warning("batch interrupted: results so far are kept%s; rerun to resume",
                                f" in {checkpoint.path}" if checkpoint else "")
+
+    def _drain(self, in_flight: int, done_q: "queue.SimpleQueue[Future]", checkpoint: Optional[Checkpoint],
+               progress: BatchProgress) -> None:
+        """After Ctrl-C/SIGTERM: keep the answers already on their way; a second Ctrl-C abandons them."""
+        if not in_flight:
+            return
+        logger.warning("interrupted: waiting for %d request(s) in flight to keep their results "
+                       "(Ctrl-C again to abandon them)", in_flight)
+        try:
+            while in_flight:
+                in_flight -= 1
+                for _ in self._finish(done_q.get(), checkpoint, progress):
+                    pass
+        except KeyboardInterrupt:
+            abort = getattr(self.runner, "abort", None)
+            if abort is not None:
+                abort()  # fail the rest now instead of waiting up to their timeout
 
     def _prepare(self, chunk: List[Tuple[int, Any]],
                  checkpoint: Optional[Checkpoint]) -> Iterator[Tuple[Optional[BatchResultItem], Any]]:

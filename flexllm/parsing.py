@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import warnings
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 __all__ = ["extract_code_snippets", "parse_to_code", "parse_to_obj"]
@@ -232,7 +233,9 @@ def parse_to_obj(text: str) -> Any:
         except (ValueError, RecursionError):
             pass
         try:
-            return ast.literal_eval(candidate)
+            with warnings.catch_warnings():  # odd escapes in model text are not the caller's concern
+                warnings.simplefilter("ignore")
+                return ast.literal_eval(candidate)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             pass
         try:
