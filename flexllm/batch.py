@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ._checkpoint import Checkpoint, OutputFileLockedError
@@ -88,12 +88,12 @@ class BatchJob:
 
     def summary(self) -> Dict[str, Any]:
         """Counts, throughput, tokens, estimated cost, retries and errors by type of this run."""
-        from .pricing import estimate_cost
+        from .pricing import get_model_pricing
 
         live = self.counts["success"] + self.counts["failed"]
         prompt, completion = self.tokens["prompt_tokens"], self.tokens["completion_tokens"]
-        cost = estimate_cost(prompt, self.model, True) + estimate_cost(completion, self.model, False) \
-            if (prompt or completion) else 0.0
+        price = get_model_pricing(self.model or getattr(self.runner, "model", "") or "")
+        cost = prompt * price["input"] + completion * price["output"] if price else 0.0  # unknown model: 0.0
         out = {
             "total": self.total if self.total is not None else sum(self.counts.values()),
             "success": self.counts["success"],
@@ -121,7 +121,7 @@ class BatchJob:
         progress = BatchProgress(self.total, enabled=self.show_progress)
         done_q: "queue.SimpleQueue[Future]" = queue.SimpleQueue()
         executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flexllm-batch")
-        in_flight = 0
+        pending: set = set()  # submitted and not yet recorded
         interrupted = False
         restore = _sigterm_as_interrupt()
         try:
@@ -131,25 +131,23 @@ class BatchJob:
                         self._record(item, checkpoint, progress, messages)
                         yield item
                         continue
-                    while in_flight >= window:
-                        in_flight -= 1
-                        yield from self._finish(done_q.get(), checkpoint, progress)
+                    while len(pending) >= window:
+                        yield from self._finish(done_q.get(), pending, checkpoint, progress)
                     if self._stop.is_set():
                         break
                     future = executor.submit(self._work, *messages)
+                    pending.add(future)
                     future.add_done_callback(done_q.put)
-                    in_flight += 1
                 if self._stop.is_set():
                     break
-            while in_flight:
-                in_flight -= 1
-                yield from self._finish(done_q.get(), checkpoint, progress)
+            while pending:
+                yield from self._finish(done_q.get(), pending, checkpoint, progress)
         except KeyboardInterrupt:
             interrupted = True
             self._stop.set()
             self.stopped_reason = "interrupted"
             executor.shutdown(wait=False, cancel_futures=True)  # queued items never start
-            self._drain(in_flight, done_q, checkpoint, progress)
+            self._drain(pending, checkpoint, progress)
             raise
         except GeneratorExit:  # the consumer stopped iterating: in-flight requests finish in the background
             interrupted = True
@@ -167,17 +165,17 @@ class BatchJob:
                 logger.warning("batch interrupted: results so far are kept%s; rerun to resume",
                                f" in {checkpoint.path}" if checkpoint else "")
 
-    def _drain(self, in_flight: int, done_q: "queue.SimpleQueue[Future]", checkpoint: Optional[Checkpoint],
-               progress: BatchProgress) -> None:
+    def _drain(self, pending: set, checkpoint: Optional[Checkpoint], progress: BatchProgress) -> None:
         """After Ctrl-C/SIGTERM: keep the answers already on their way; a second Ctrl-C abandons them."""
-        if not in_flight:
+        running = [f for f in pending if not f.cancelled()]
+        if not running:
             return
         logger.warning("interrupted: waiting for %d request(s) in flight to keep their results "
-                       "(Ctrl-C again to abandon them)", in_flight)
+                       "(Ctrl-C again to abandon them)", len(running))
         try:
-            while in_flight:
-                in_flight -= 1
-                for _ in self._finish(done_q.get(), checkpoint, progress):
+            wait(running)
+            for future in list(pending):
+                for _ in self._finish(future, pending, checkpoint, progress):
                     pass
         except KeyboardInterrupt:
             abort = getattr(self.runner, "abort", None)
@@ -223,8 +221,11 @@ class BatchJob:
             exc.latency = time.perf_counter() - started  # type: ignore[attr-defined]
             return index, messages, meta, None, exc
 
-    def _finish(self, future: Future, checkpoint: Optional[Checkpoint],
+    def _finish(self, future: Future, pending: set, checkpoint: Optional[Checkpoint],
                 progress: BatchProgress) -> Iterator[BatchResultItem]:
+        if future not in pending:
+            return  # already recorded (a drain after an interrupt)
+        pending.discard(future)
         if future.cancelled():
             return
         index, messages, meta, outcome, exc = future.result()

@@ -1,0 +1,6 @@
+"""`python -m flexllm` runs the `flexllm` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

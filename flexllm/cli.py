@@ -1,0 +1,317 @@
+"""The `flexllm` command: run JSONL batch jobs from cron, ask one question, serve the mock, price a job.
+
+Exit codes of `flexllm batch`: 0 every item succeeded; 1 some failed (a rerun retries them), the run
+stopped early, or another run holds the output file; 2 usage or input errors; 130 interrupted.
+This is the only module of flexllm that prints.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import __version__
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """Bad arguments or input: exit 2 with this message."""
+
+
+def _env(*names: str) -> Optional[str]:
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
+# -- arguments -----------------------------------------------------------------------------------------
+
+def _connection_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connection (flags win over environment variables)")
+    g.add_argument("--model", help="model name (env FLEXLLM_MODEL)")
+    g.add_argument("--base-url", help="API base URL, e.g. http://localhost:8000/v1 (env FLEXLLM_BASE_URL, OPENAI_BASE_URL)")
+    g.add_argument("--api-key", help="API key (env FLEXLLM_API_KEY, OPENAI_API_KEY; never printed)")
+    g.add_argument("--provider", choices=("auto", "openai", "gemini"), default="auto", help="default: auto")
+    g.add_argument("--retries", type=int, default=3, help="retries after the first attempt (default 3)")
+    g.add_argument("--timeout", type=float, default=120.0, help="request timeout in seconds (default 120)")
+    g.add_argument("--temperature", type=float, help="sampling temperature")
+    g.add_argument("--max-tokens", type=int, help="maximum tokens in each reply")
+    g.add_argument("--system", help="system message for prompt lines / the question")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `flexllm` command."""
+    parser = argparse.ArgumentParser(prog="flexllm", description="Reliable LLM requests from the command line.")
+    parser.add_argument("--version", action="version", version=f"flexllm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    b = sub.add_parser("batch", help="run a JSONL file of requests; rerun to resume",
+                       description="Input lines: {\"messages\": [...]} or {\"prompt\": \"...\"}; other fields are "
+                                   "kept as the record's metadata. Rerunning the same command resumes. Exit codes: "
+                                   "0 all succeeded, 1 some failed or stopped early (rerun to retry), "
+                                   "2 usage/input error, 130 interrupted.")
+    b.add_argument("input", help="input JSONL file, or - for stdin")
+    b.add_argument("-o", "--output", required=True, help="output JSONL file (checkpoint; rerun resumes)")
+    _connection_args(b)
+    b.add_argument("--concurrency", type=int, default=50, help="requests in flight (default 50)")
+    b.add_argument("--qps", type=float, help="maximum request starts per second")
+    b.add_argument("--cache", action="store_true", help="cache replies (default dir ~/.cache/flexllm/llm_response)")
+    b.add_argument("--cache-dir", help="cache directory (implies --cache)")
+    b.add_argument("--cache-ttl", type=int, help="cache entry lifetime in seconds, 0 = forever (implies --cache)")
+    b.add_argument("--limit", type=int, help="only the first N input lines")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar / progress log lines")
+    b.add_argument("--quiet", action="store_true", help="only warnings and the summary")
+
+    a = sub.add_parser("ask", help="stream the answer to one question to stdout")
+    a.add_argument("question", nargs="?", help="the question (read from stdin when omitted)")
+    _connection_args(a)
+
+    m = sub.add_parser("mock", help="serve the built-in OpenAI/Gemini-compatible mock server")
+    from .mock.__main__ import build_parser as mock_parser
+
+    mock_parser(m)
+
+    t = sub.add_parser("tokens", help="count tokens and estimate the cost of a batch before running it")
+    t.add_argument("input", help="input JSONL file (same format as batch), or -")
+    t.add_argument("--model", default=None, help="model for tokenizer and prices (env FLEXLLM_MODEL; default gpt-4o)")
+    t.add_argument("--system", help="system message for prompt lines")
+    t.add_argument("--avg-output-tokens", type=int, default=0, help="expected reply length per item")
+    t.add_argument("--limit", type=int, help="only the first N input lines")
+
+    pr = sub.add_parser("pricing", help="show the price table, or one model's price")
+    pr.add_argument("model", nargs="?", help="a model name (prefix lookup, e.g. gpt-4o-mini-2024-07-18)")
+    return parser
+
+
+# -- input ---------------------------------------------------------------------------------------------
+
+def read_jsonl(path: str, system: Optional[str], limit: Optional[int]) -> Tuple[List[List[dict]], List[dict]]:
+    """Messages and metadata of every input line; UsageError naming the line number of a bad line."""
+    stream = sys.stdin if path == "-" else None
+    try:
+        handle = stream or open(path, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    messages_list: List[List[dict]] = []
+    metadata: List[dict] = []
+    with handle if stream is None else _nullcontext(handle):
+        for lineno, line in enumerate(handle, 1):
+            if limit is not None and len(messages_list) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise UsageError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise UsageError(f"{path}:{lineno}: each line must be a JSON object")
+            if "messages" in row:
+                messages = row.pop("messages")
+                if not isinstance(messages, list) or not messages or \
+                        not all(isinstance(m, dict) and "role" in m for m in messages):
+                    raise UsageError(f"{path}:{lineno}: \"messages\" must be a non-empty list of "
+                                     "{\"role\": ..., \"content\": ...} objects")
+            elif "prompt" in row:
+                prompt = row.pop("prompt")
+                if not isinstance(prompt, str):
+                    raise UsageError(f"{path}:{lineno}: \"prompt\" must be a string")
+                messages = ([{"role": "system", "content": system}] if system else []) + \
+                    [{"role": "user", "content": prompt}]
+            else:
+                raise UsageError(f"{path}:{lineno}: needs \"messages\" or \"prompt\"")
+            messages_list.append(messages)
+            metadata.append(row)
+    return messages_list, metadata
+
+
+class _nullcontext:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __enter__(self) -> Any:
+        return self.value
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _client(args: argparse.Namespace, **extra: Any):
+    from . import LLMClient
+
+    model = args.model or _env("FLEXLLM_MODEL")
+    if not model:
+        raise UsageError("no model: pass --model or set FLEXLLM_MODEL")
+    base_url = args.base_url or _env("FLEXLLM_BASE_URL", "OPENAI_BASE_URL")
+    api_key = args.api_key or _env("FLEXLLM_API_KEY", "OPENAI_API_KEY") or "EMPTY"
+    try:
+        return LLMClient(model=model, base_url=base_url, api_key=api_key, provider=args.provider,
+                         retry_times=args.retries, timeout=args.timeout, **extra)
+    except ValueError as exc:
+        raise UsageError(f"{exc} (pass --base-url or set FLEXLLM_BASE_URL)" if "base_url" in str(exc)
+                         else str(exc)) from None
+
+
+def _params(args: argparse.Namespace) -> Dict[str, Any]:
+    params: Dict[str, Any] = {}
+    if args.temperature is not None:
+        params["temperature"] = args.temperature
+    if args.max_tokens is not None:
+        params["max_tokens"] = args.max_tokens
+    return params
+
+
+def _setup_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("flexllm: %(message)s"))
+    log = logging.getLogger("flexllm")
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+# -- commands ------------------------------------------------------------------------------------------
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from . import OutputFileLockedError, ResponseCacheConfig
+
+    _setup_logging(args.quiet)
+    messages_list, metadata = read_jsonl(args.input, args.system, args.limit)
+    cache = None
+    if args.cache or args.cache_dir or args.cache_ttl is not None:
+        options: Dict[str, Any] = {"enabled": True}
+        if args.cache_dir:
+            options["cache_dir"] = args.cache_dir
+        if args.cache_ttl is not None:
+            options["ttl"] = args.cache_ttl
+        cache = ResponseCacheConfig(**options)
+    client = _client(args, concurrency_limit=args.concurrency, max_qps=args.qps, cache=cache)
+    try:
+        _, summary = client.chat_completions_batch_sync(
+            messages_list, output_file=args.output, show_progress=not args.no_progress, return_summary=True,
+            metadata_list=metadata, **_params(args))
+    except OutputFileLockedError as exc:
+        print(f"flexllm: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        print(f"flexllm: interrupted; results so far are in {args.output}. "
+              "Rerun the same command to resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        client.close()
+    _print_summary(summary, args.output)
+    if summary["failed"] or summary.get("stopped_reason"):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _print_summary(summary: Dict[str, Any], output: str) -> None:
+    lines = [f"output: {output}"]
+    for key in ("total", "success", "cached", "resumed", "failed", "retries", "elapsed_s", "requests_per_s",
+                "prompt_tokens", "completion_tokens", "total_tokens", "estimated_cost_usd"):
+        lines.append(f"{key}: {summary[key]}")
+    if summary["errors"]:
+        lines.append("errors: " + ", ".join(f"{k} × {v}" for k, v in sorted(summary["errors"].items())))
+    if summary.get("stopped_reason"):
+        lines.append(f"stopped early: {summary['stopped_reason']}")
+    if summary["failed"]:
+        lines.append("some items failed; rerun the same command to retry them")
+    print("\n".join(lines), file=sys.stderr)
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from .errors import LLMError
+
+    _setup_logging(quiet=True)
+    question = args.question if args.question is not None else sys.stdin.read()
+    if not question.strip():
+        raise UsageError("no question: pass it as an argument or on stdin")
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
+        [{"role": "user", "content": question}]
+    client = _client(args)
+    try:
+        for piece in client.chat_completions_stream_sync(messages, **_params(args)):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    except LLMError as exc:
+        print(f"\nflexllm: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        client.close()
+    return EXIT_OK
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    from .pricing import estimate_batch_cost, get_model_pricing
+
+    model = args.model or _env("FLEXLLM_MODEL") or "gpt-4o"
+    messages_list, _ = read_jsonl(args.input, args.system, args.limit)
+    est = estimate_batch_cost(messages_list, model=model, avg_output_tokens=args.avg_output_tokens)
+    print(f"model: {model}")
+    print(f"items: {est['count']}")
+    print(f"input tokens: {est['input_tokens']}")
+    if args.avg_output_tokens:
+        print(f"expected output tokens: {est['estimated_output_tokens']}")
+    if get_model_pricing(model) is None:
+        print("estimated cost: unknown (no price for this model; see `flexllm pricing`)")
+    else:
+        print(f"estimated cost: ${est['estimated_cost_usd']:.4f} (input ${est['input_cost']:.4f}"
+              f" + output ${est['output_cost']:.4f})")
+    return EXIT_OK
+
+
+def cmd_pricing(args: argparse.Namespace) -> int:
+    from .pricing import MODEL_PRICING, PRICES_TAKEN_ON, get_model_pricing
+
+    if args.model:
+        price = get_model_pricing(args.model)
+        if price is None:
+            print(f"flexllm: no price known for {args.model!r} (see `flexllm pricing`)", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"{args.model}: input ${price['input'] * 1e6:g} / 1M tokens, output ${price['output'] * 1e6:g} / 1M tokens")
+        return EXIT_OK
+    width = max(len(k) for k in MODEL_PRICING)
+    print(f"{'model':<{width}}  {'input $/1M':>10}  {'output $/1M':>11}   (list prices taken {PRICES_TAKEN_ON})")
+    for name in sorted(MODEL_PRICING):
+        p = MODEL_PRICING[name]
+        print(f"{name:<{width}}  {p['input'] * 1e6:>10g}  {p['output'] * 1e6:>11g}")
+    return EXIT_OK
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the `flexllm` console script and `python -m flexllm`."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "batch":
+            return cmd_batch(args)
+        if args.command == "ask":
+            return cmd_ask(args)
+        if args.command == "mock":
+            from .mock.__main__ import serve
+
+            return serve(args)
+        if args.command == "tokens":
+            return cmd_tokens(args)
+        return cmd_pricing(args)
+    except UsageError as exc:
+        print(f"flexllm: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
