@@ -16,10 +16,14 @@ def latency_bound(n: int = 2000, latency: float = 0.2, concurrency: int = 100) -
         client = OpenAIClient(base_url=url, model="mock-model", concurrency_limit=concurrency)
         start = time.perf_counter()
         out = client.chat_completions_batch_sync(prompts(n), show_progress=False)
+        cold = time.perf_counter() - start  # includes creating the client's pools and threads
+        start = time.perf_counter()
+        out = client.chat_completions_batch_sync(prompts(n, "again"), show_progress=False)
         ours = time.perf_counter() - start
         assert all(out), "every request must succeed"
     emit("latency_bound", n=n, latency_s=latency, concurrency=concurrency, ideal_s=round(ideal, 3),
          flexllm_s=round(ours, 3), httpx_s=round(base, 3), flexllm_efficiency=f"{ideal / ours:.1%}",
+         flexllm_cold_efficiency=f"{ideal / cold:.1%}",
          httpx_efficiency=f"{ideal / base:.1%}", target=">= 97%")
 
 

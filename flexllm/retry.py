@@ -96,27 +96,45 @@ class RetryPolicy:
         self.retry_times = int(retry_times)
         self.retry_delay = float(retry_delay)
         self._rng = rng
+        self._sleep = sleep
+        self._retryable = retryable
 
+        # tenacity runs the retries after the first failure; k-th retry waits retry_wait(exc, k)
         def wait(state: tenacity.RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
-            return retry_wait(exc, state.attempt_number - 1, self.retry_delay, self._rng) if exc else 0.0
+            return retry_wait(exc, state.attempt_number, self.retry_delay, self._rng) if exc else 0.0
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            logger.warning("retrying in %.2fs (attempt %d of %d) after %s", state.upcoming_sleep,
-                           state.attempt_number + 1, self.retry_times + 1, _describe(exc))
+            self._log(state.outcome.exception() if state.outcome else None, state.upcoming_sleep,
+                      state.attempt_number + 2)
 
         self._retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.retry_times + 1),
+            stop=tenacity.stop_after_attempt(max(1, self.retry_times)),
             retry=tenacity.retry_if_exception(retryable),
             wait=wait,
             sleep=sleep,
             before_sleep=before_sleep,
             reraise=True,
-        )
+        ) if self.retry_times else None
+
+    def _log(self, exc: Optional[BaseException], delay: float, attempt: int) -> None:
+        logger.warning("retrying in %.2fs (attempt %d of %d) after %s", delay, attempt, self.retry_times + 1,
+                       _describe(exc))
 
     def call(self, fn: Callable[[], T]) -> T:
-        """Call `fn` until it succeeds, fails with a non-retryable error, or retries run out."""
+        """Call `fn` until it succeeds, fails with a non-retryable error, or retries run out.
+
+        The first attempt runs bare (most calls succeed at once and pay nothing for retry bookkeeping);
+        after a retryable failure the remaining attempts run under tenacity.
+        """
+        try:
+            return fn()
+        except Exception as exc:
+            if self._retrying is None or not self._retryable(exc):
+                raise
+            delay = retry_wait(exc, 0, self.retry_delay, self._rng)
+            self._log(exc, delay, 2)
+        self._sleep(delay)
         return self._retrying(fn)
 
 
