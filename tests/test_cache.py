@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from flexllm import OpenAIClient, ResponseCacheConfig
+from flexllm import OpenAIClient, ResponseCacheConfig, ServerError
 from flexllm.cache import CACHE_FILENAME, ResponseCache, cache_key
 
 from .conftest import user
@@ -128,7 +128,7 @@ def test_skip_cache_neither_reads_nor_writes(server, tmp_path):
 
 def test_errors_are_never_cached(server, tmp_path):
     c = cached_client(server, tmp_path, retry_times=0)
-    with pytest.raises(Exception):
+    with pytest.raises(ServerError):
         c.chat_completions_sync(user("[[mock:status=500;times=1]] e"))
     assert c.chat_completions_sync(user("[[mock:status=500;times=1]] e")) == "echo: e"
     assert len(server.requests) == 2

@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from flexllm.mock import MockServer
 
 KEY = "sk-cli-SECRET-424242"
 

@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from flexllm import (ChatCompletionResult, ContentBlockedError, GeminiClient, LLMClient, QuotaExceededError,
-                     RateLimitError, ResponseCacheConfig, StreamTruncatedError)
+                     RateLimitError, ResponseCacheConfig, ServerError, StreamTruncatedError)
 from flexllm.errors import BadRequestError
 from flexllm.providers.gemini import GeminiAdapter, detect_gemini, gemini_thinking_config
 from flexllm.providers.vertex_auth import VertexTokenProvider
@@ -250,7 +250,7 @@ def test_key_never_in_url_exception_or_log(server, caplog):
     with pytest.raises(Exception) as info:
         c.chat_completions_sync(user(f"[[mock:status=400;message=bad key {KEY}]] k"))
     assert KEY not in str(info.value)
-    with pytest.raises(Exception):
+    with pytest.raises(ServerError):
         c.chat_completions_sync(user("[[mock:status=503]] k"))
     assert KEY not in caplog.text and KEY not in repr(c)
     assert all(KEY not in r.path for r in server.requests)
@@ -263,3 +263,12 @@ def test_missing_key_is_clear(monkeypatch):
         GeminiClient()
     monkeypatch.setenv("GEMINI_API_KEY", "from-env")
     assert GeminiClient().provider == "gemini"
+
+
+def test_vertex_over_http_uses_bearer_token_and_vertex_path(server):
+    c = GeminiClient(project_id="proj", location="us-central1", use_vertex_ai=True, access_token="ya29.token",
+                     base_url=server.root_url, model="gemini-2.5-pro")
+    assert c.chat_completions_sync(user("v")) == "echo: v"
+    rec = server.requests[-1]
+    assert rec.path == "/v1/projects/proj/locations/us-central1/publishers/google/models/gemini-2.5-pro:generateContent"
+    assert rec.headers["authorization"].startswith("<redacted") and "x-goog-api-key" not in rec.headers

@@ -3,7 +3,7 @@ import socket
 
 import pytest
 
-from flexllm import APIConnectionError, BadRequestError, LLMClientPool
+from flexllm import APIConnectionError, BadRequestError, LLMClientPool, StreamTruncatedError
 from flexllm.mock import MockServer
 
 from .conftest import user
@@ -101,7 +101,7 @@ def test_stream_fails_over_before_first_chunk_only(servers):
     healthy.clear()
     slow.add_rule(truncate=1)  # chunks arrive, then the stream breaks: no silent switch mid-answer
     pieces = []
-    with pytest.raises(Exception):
+    with pytest.raises(StreamTruncatedError):
         for p in pool.chat_completions_stream_sync(user("d e f g h i")):
             pieces.append(p)
     assert pieces and not any(r.body and r.body.get("stream") for r in healthy.requests)

@@ -5,7 +5,7 @@ data. It never does I/O. Transport, retry, rate limit, cache and batch are share
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
 from ..errors import APIStatusError
