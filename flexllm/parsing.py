@@ -79,11 +79,11 @@ def parse_to_code(text: str) -> str:
 
 # -- objects ---------------------------------------------------------------------------------------
 
-def _depth(text: str) -> int:
-    depth = best = 0
+def _structure(text: str) -> Iterator[Tuple[int, str]]:
+    """(index, char) of every character outside quoted strings (escapes respected), in one pass."""
     in_str: Optional[str] = None
     escaped = False
-    for ch in text:
+    for i, ch in enumerate(text):
         if in_str:
             if escaped:
                 escaped = False
@@ -93,10 +93,16 @@ def _depth(text: str) -> int:
                 in_str = None
         elif ch in "\"'":
             in_str = ch
-        elif ch in "[{(":
+        else:
+            yield i, ch
+
+
+def _depth(text: str) -> int:
+    depth = best = 0
+    for _, ch in _structure(text):
+        if ch in "[{(":
             depth += 1
-            if depth > best:
-                best = depth
+            best = max(best, depth)
         elif ch in "]})":
             depth -= 1
     return best
@@ -104,27 +110,16 @@ def _depth(text: str) -> int:
 
 def _balanced_span(text: str) -> Optional[str]:
     """The first balanced {...} or [...] span (strings respected), found in one pass."""
-    start = -1
+    start = text.find("{")
+    square = text.find("[")
+    if start < 0 or 0 <= square < start:
+        start = square
+    if start < 0:
+        return None
     stack: List[str] = []
-    in_str: Optional[str] = None
-    escaped = False
     pairs = {"{": "}", "[": "]"}
-    for i, ch in enumerate(text):
-        if start < 0:
-            if ch in pairs:
-                start = i
-                stack.append(pairs[ch])
-            continue
-        if in_str:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == in_str:
-                in_str = None
-        elif ch in "\"'":
-            in_str = ch
-        elif ch in pairs:
+    for i, ch in _structure(text[start:]):
+        if ch in pairs:
             stack.append(pairs[ch])
             if len(stack) > MAX_DEPTH:
                 return None
@@ -133,7 +128,7 @@ def _balanced_span(text: str) -> Optional[str]:
                 return None
             stack.pop()
             if not stack:
-                return text[start:i + 1]
+                return text[start:start + i + 1]
     return None
 
 

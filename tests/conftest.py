@@ -1,5 +1,7 @@
 """Shared fixtures: a real mock server on 127.0.0.1 per test module, fresh state per test."""
+import json
 import logging
+import time
 
 import pytest
 
@@ -29,3 +31,27 @@ def caplog_flexllm(caplog):
 
 def user(text):
     return [{"role": "user", "content": text}]
+
+
+def read_records(path):
+    """Every JSON line of an output file."""
+    with open(path, "rb") as f:
+        return [json.loads(line) for line in f]
+
+
+def count_lines(path):
+    """Complete lines in a file (0 if it does not exist yet)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def wait_for(predicate, timeout=30.0, what="condition"):
+    """Poll a condition with a bound (never a bare sleep that hopes it is long enough)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)

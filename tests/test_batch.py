@@ -7,13 +7,12 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import pytest
 
 from flexllm import BatchResultItem, OpenAIClient, OutputFileLockedError
 
-from .conftest import user
+from .conftest import count_lines, read_records, user, wait_for
 
 SUMMARY_KEYS = {"total", "success", "cached", "resumed", "failed", "elapsed_s", "requests_per_s", "prompt_tokens",
                 "completion_tokens", "total_tokens", "estimated_cost_usd", "retries", "errors"}
@@ -25,25 +24,10 @@ def make_client(server, **kw):
     return OpenAIClient(base_url=server.url, model="mock-model", **kw)
 
 
-def read_records(path):
-    with open(path, "rb") as f:
-        return [json.loads(line) for line in f]
 
 
-def wait_for(predicate, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
-def count_lines(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read().count(b"\n")
-    except FileNotFoundError:
-        return 0
 
 
 def test_results_in_input_order_with_file_and_summary(server, tmp_path):

@@ -4,9 +4,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
+
+from .conftest import count_lines, read_records, wait_for
 
 
 KEY = "sk-cli-SECRET-424242"
@@ -32,24 +33,10 @@ def write_input(path, n, start=0):
             f.write(json.dumps({"prompt": f"q{i}", "row": i}) + "\n")
 
 
-def records(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
 
 
-def count_lines(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read().count(b"\n")
-    except FileNotFoundError:
-        return 0
 
 
-def wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def batch_args(server, inp, out, *extra):
@@ -63,7 +50,7 @@ def test_batch_end_to_end_with_metadata_and_summary(server, tmp_path):
         f.write("\n" + json.dumps({"messages": [{"role": "user", "content": "m"}], "tag": "x"}) + "\n")
     res = run(*batch_args(server, inp, out, "--system", "be nice", "--temperature", "0.5"))
     assert res.returncode == 0, res.stderr
-    recs = {r["index"]: r for r in records(out)}
+    recs = {r["index"]: r for r in read_records(out)}
     assert len(recs) == 21
     assert recs[3]["output"] == "echo: q3" and recs[3]["metadata"] == {"row": 3}
     assert recs[3]["input"][0] == {"role": "system", "content": "be nice"}
@@ -137,7 +124,7 @@ def test_resume_after_sigkill_every_index_once(server, tmp_path):
     server.configure(latency=0.0)
     res = run(*batch_args(server, inp, out, "--concurrency", "4"))
     assert res.returncode == 0, res.stderr
-    recs = records(out)
+    recs = read_records(out)
     assert sorted(r["index"] for r in recs) == list(range(150))
     assert all(r["output"] == f"echo: q{r['index']}" and r["metadata"] == {"row": r["index"]} for r in recs)
     assert len(server.requests) <= 150 + 4

@@ -8,10 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
-from ..errors import APIStatusError
+import json
+
+from ..errors import APIStatusError, ResponseParseError
 from ..types import ChatCompletionResult, StreamEvent
 
-__all__ = ["ProviderAdapter", "RequestSpec", "LIBRARY_KWARGS"]
+__all__ = ["LIBRARY_KWARGS", "ProviderAdapter", "RequestSpec", "decode_sse_json"]
 
 #: words a caller may pass that are for flexllm, never for the request body
 LIBRARY_KWARGS = frozenset({"skip_cache", "metadata", "thinking", "timeout", "return_raw", "return_usage"})
@@ -27,6 +29,21 @@ class RequestSpec:
     json: Dict[str, Any]
     #: a read timeout for this request only (seconds); None = the client's
     timeout: Optional[float] = None
+
+
+def decode_sse_json(payload: str, *, provider: str, model: str) -> Dict[str, Any]:
+    """The JSON object in one SSE `data:` payload; ResponseParseError if it is not one or reports an error."""
+    try:
+        chunk = json.loads(payload)
+    except ValueError:
+        raise ResponseParseError(f"stream chunk is not JSON: {payload[:200]!r}", provider=provider,
+                                 model=model) from None
+    if not isinstance(chunk, dict):
+        raise ResponseParseError("stream chunk is not a JSON object", provider=provider, model=model)
+    if chunk.get("error"):
+        raise ResponseParseError(f"server error inside stream: {str(chunk['error'])[:500]}", provider=provider,
+                                 model=model)
+    return chunk
 
 
 class ProviderAdapter:

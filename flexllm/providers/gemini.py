@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from ..errors import (APIStatusError, ContentBlockedError, QuotaExceededError, ResponseParseError,
                       status_error_class)
 from ..types import ChatCompletionResult, StreamEvent
-from .base import LIBRARY_KWARGS, ProviderAdapter, RequestSpec
+from .base import LIBRARY_KWARGS, ProviderAdapter, RequestSpec, decode_sse_json
 
 __all__ = ["GeminiAdapter", "detect_gemini", "gemini_thinking_config"]
 
@@ -300,16 +300,7 @@ class GeminiAdapter(ProviderAdapter):
     def parse_stream_line(self, line: str, *, model: str) -> Optional[StreamEvent]:
         if not line.startswith("data:"):
             return None
-        try:
-            chunk = json.loads(line[5:])
-        except ValueError:
-            raise ResponseParseError(f"stream chunk is not JSON: {line[:200]!r}", provider=self.name,
-                                     model=model) from None
-        if not isinstance(chunk, dict):
-            raise ResponseParseError("stream chunk is not a JSON object", provider=self.name, model=model)
-        if chunk.get("error"):
-            raise ResponseParseError(f"server error inside stream: {str(chunk['error'])[:_MAX_ERROR_TEXT]}",
-                                     provider=self.name, model=model)
+        chunk = decode_sse_json(line[5:], provider=self.name, model=model)
         reason = (chunk.get("promptFeedback") or {}).get("blockReason")
         if reason:
             raise ContentBlockedError(f"prompt blocked by Gemini: {reason}", reason=reason, provider=self.name,

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from ..errors import APIStatusError, QuotaExceededError, ResponseParseError, status_error_class
 from ..types import ChatCompletionResult, StreamEvent
-from .base import LIBRARY_KWARGS, ProviderAdapter, RequestSpec
+from .base import LIBRARY_KWARGS, ProviderAdapter, RequestSpec, decode_sse_json
 
 __all__ = ["OpenAIAdapter", "endpoint_kind", "split_thoughts", "thinking_params"]
 
@@ -135,16 +135,7 @@ class OpenAIAdapter(ProviderAdapter):
         payload = line[5:].strip()
         if payload == "[DONE]":
             return StreamEvent(done=True)
-        try:
-            chunk = json.loads(payload)
-        except ValueError:
-            raise ResponseParseError(f"stream chunk is not JSON: {payload[:200]!r}", provider=self.name,
-                                     model=model) from None
-        if not isinstance(chunk, dict):
-            raise ResponseParseError("stream chunk is not a JSON object", provider=self.name, model=model)
-        if chunk.get("error"):
-            raise ResponseParseError(f"server error inside stream: {str(chunk['error'])[:_MAX_ERROR_TEXT]}",
-                                     provider=self.name, model=model)
+        chunk = decode_sse_json(payload, provider=self.name, model=model)
         event = StreamEvent(usage=chunk.get("usage"), raw=chunk)
         choices = chunk.get("choices") or ()
         if choices:
