@@ -140,15 +140,19 @@ class Checkpoint:
         if self._fd is None:
             raise ValueError("checkpoint is closed")
         data = _dumps(record)
-        written = os.write(self._fd, data)
-        while written < len(data):  # short writes are rare (disk full raises instead) but possible
-            written += os.write(self._fd, data[written:])
-        self._dirty = True
-        now = self._clock()
-        if now - self._last_sync >= self.flush_interval:
-            os.fsync(self._fd)
-            self._dirty = False
-            self._last_sync = now
+        try:
+            written = os.write(self._fd, data)
+            while written < len(data):  # short writes are rare (disk full raises instead) but possible
+                written += os.write(self._fd, data[written:])
+            self._dirty = True
+            now = self._clock()
+            if now - self._last_sync >= self.flush_interval:
+                os.fsync(self._fd)
+                self._dirty = False
+                self._last_sync = now
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot write to the batch output file {self.path}: {exc.strerror}. "
+                          "Every record before this one is on disk; free space and rerun to resume") from exc
 
     def close(self, *, compact: bool = False) -> None:
         """fsync, close, optionally compact (one record per index, sorted), release the lock."""

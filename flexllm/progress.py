@@ -18,7 +18,7 @@ class BatchProgress:
     `enabled=False` costs nothing; when stderr is not a terminal it logs instead of drawing.
     """
 
-    def __init__(self, total: Optional[int], *, enabled: bool = True, description: str = "flexllm batch",
+    def __init__(self, total: Optional[int], *, enabled: bool = True, description: str = "batch",
                  clock: Callable[[], float] = time.monotonic, log_interval: float = PROGRESS_LOG_INTERVAL,
                  force_terminal: Optional[bool] = None) -> None:
         self.total = total
@@ -36,15 +36,14 @@ class BatchProgress:
 
         console = Console(stderr=True, force_terminal=force_terminal)
         if console.is_terminal:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-                TextColumn("{task.fields[rate]:>7.1f}/s"), TimeElapsedColumn(), TextColumn("ETA"),
-                TimeRemainingColumn(), TextColumn("cached {task.fields[cached]} · failed {task.fields[failed]} · "
-                                                  "tokens {task.fields[tokens]}"),
-                console=console, transient=False, refresh_per_second=8)
+                TextColumn("[bold]{task.description}"), BarColumn(bar_width=None), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:>6.1f}/s"), TextColumn("ETA"), TimeRemainingColumn(compact=True),
+                TextColumn("[cyan]cached {task.fields[cached]}[/] [red]failed {task.fields[failed]}[/] "
+                           "tok {task.fields[tokens]}"),
+                console=console, transient=False, refresh_per_second=8, expand=True)
             self._task = self._progress.add_task(description, total=total, rate=0.0, cached=0, failed=0, tokens=0)
             self._progress.start()
 

@@ -236,3 +236,36 @@ def test_killed_batch_resumes_without_loss_or_double_pay(server, tmp_path, sig):
     check_complete(out, n)
     seen = len(server.requests)  # only what was in flight at the kill is asked again
     assert seen <= n + 4, f"server saw {seen} requests for {n} items ({on_disk} on disk at the kill)"
+
+
+def test_unwritable_output_path_fails_before_any_request(server, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OSError):
+        make_client(server).chat_completions_batch_sync([user("a")], output_file=str(tmp_path / "afile" / "o.jsonl"),
+                                                        show_progress=False)
+    assert server.requests == []
+
+
+def test_write_failure_names_the_file_and_keeps_earlier_records(server, tmp_path, monkeypatch):
+    import flexllm._checkpoint as cp
+
+    out = tmp_path / "out.jsonl"
+    real_write = os.write
+    calls = {"n": 0}
+
+    def failing_write(fd, data):
+        if data.startswith(b'{"index"'):
+            calls["n"] += 1
+            if calls["n"] > 3:
+                raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(cp.os, "write", failing_write)
+    with pytest.raises(OSError, match="out.jsonl.*No space left on device.*rerun to resume"):
+        make_client(server, concurrency_limit=1).chat_completions_batch_sync(
+            [user(f"w{i}") for i in range(10)], output_file=str(out), show_progress=False)
+    monkeypatch.undo()
+    assert len(read_records(out)) == 3
+    results = make_client(server).chat_completions_batch_sync([user(f"w{i}") for i in range(10)],
+                                                              output_file=str(out), show_progress=False)
+    assert results == [f"echo: w{i}" for i in range(10)]

@@ -177,33 +177,39 @@ def test_unwritable_cache_dir_gives_live_answers(server, tmp_path, caplog):
 
 WORKER = textwrap.dedent("""
     import sys
-    from flexllm.cache import ResponseCache
-    from flexllm.config import ResponseCacheConfig
-    cache = ResponseCache(ResponseCacheConfig.persistent(cache_dir=sys.argv[1]))
-    me = sys.argv[2]
-    for i in range(500):
-        cache.set(f"{me}-{i}", {"content": f"{me}:{i}"})
-        shared = cache.get(f"shared-{i % 50}")
-        if shared is None:
-            cache.set(f"shared-{i % 50}", {"content": f"s{i % 50}"})
-        elif shared["content"] != f"s{i % 50}":
-            sys.exit(f"wrong shared value {shared}")
-    got = cache.get_many([f"{me}-{i}" for i in range(500)])
-    assert all(got[f"{me}-{i}"]["content"] == f"{me}:{i}" for i in range(500)), "lost writes"
-    cache.close()
+    from flexllm import OpenAIClient, ResponseCacheConfig
+    url, cache_dir, me = sys.argv[1], sys.argv[2], sys.argv[3]
+    client = OpenAIClient(base_url=url, model="m", concurrency_limit=8,
+                          cache=ResponseCacheConfig.persistent(cache_dir=cache_dir))
+    # half the prompts are shared by every process, half are this process's own
+    prompts = [f"shared {i}" if i % 2 else f"{me} own {i}" for i in range(500)]
+    results = client.chat_completions_batch_sync([[{"role": "user", "content": p}] for p in prompts],
+                                                 show_progress=False)
+    bad = [(p, r) for p, r in zip(prompts, results) if r != "echo: " + p]
+    assert not bad, bad[:3]
+    again = client.chat_completions_batch_sync([[{"role": "user", "content": p}] for p in prompts],
+                                               show_progress=False, return_summary=True)[1]
+    assert again["cached"] == 500, again
+    client.close()
     print("ok")
 """)
 
 
-def test_four_processes_share_one_file(tmp_path):
+def test_four_processes_times_500_requests_share_one_cache(server, tmp_path):
     env = dict(os.environ, PYTHONPATH=os.getcwd())
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path), f"p{n}"], env=env,
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, server.url, str(tmp_path), f"p{n}"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for n in range(4)]
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0 and out.strip() == b"ok", err.decode()[-2000:]
+        assert b"locked" not in err and b"Traceback" not in err
+    own = [f"p{n} own {i}" for n in range(4) for i in range(0, 500, 2)]
+    shared = [f"shared {i}" for i in range(1, 500, 2)]
     cache = ResponseCache(ResponseCacheConfig.persistent(cache_dir=str(tmp_path)))
-    assert len(cache.get_many([f"p{n}-{i}" for n in range(4) for i in range(500)])) == 2000
+    keys = {cache_key("openai", "m", user(p), {}): p for p in own + shared}
+    hits = cache.get_many(list(keys))
+    assert len(hits) == len(own) + len(shared) == 1250
+    assert all(hits[k]["content"] == "echo: " + p for k, p in keys.items())
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
