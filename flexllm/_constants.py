@@ -18,7 +18,7 @@ RETRY_STATUSES = frozenset({408, 409, 429})
 
 #: the limiter spaces request starts by (1 + this) / max_qps so that network jitter of up to
 #: this fraction of a second still never shows the server more than max_qps starts in one second
-QPS_SAFETY_MARGIN = 0.015
+QPS_SAFETY_MARGIN = 0.02
 
 #: batch: items in flight or queued per worker (bounded memory on huge batches)
 BATCH_WINDOW_PER_WORKER = 2
