@@ -206,3 +206,14 @@ def test_demo_runs(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert count_lines(tmp_path / "demo-output" / "out.jsonl") == 60
     assert "resumed: " in res.stderr
+
+
+def test_stdin_input_limit_and_cache(server, tmp_path):
+    lines = "".join(json.dumps({"prompt": f"s{i}"}) + "\n" for i in range(8))
+    cache = ("--cache-dir", str(tmp_path / "cache"))
+    first = run(*batch_args(server, "-", tmp_path / "a.jsonl", "--limit", "5", *cache), input=lines)
+    assert first.returncode == 0, first.stderr
+    assert len(read_records(tmp_path / "a.jsonl")) == 5
+    second = run(*batch_args(server, "-", tmp_path / "b.jsonl", *cache), input=lines)
+    assert second.returncode == 0 and "cached: 5" in second.stderr and "success: 3" in second.stderr
+    assert len(server.requests) == 8
