@@ -16,6 +16,7 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+from ._api import check_messages
 from ._checkpoint import Checkpoint, OutputFileLockedError
 from ._constants import BATCH_WINDOW_PER_WORKER
 from ._pipeline import result_from_cache
@@ -28,16 +29,6 @@ __all__ = ["BatchJob", "OutputFileLockedError"]
 logger = logging.getLogger("flexllm")
 
 _LOOKAHEAD = 256  # items whose cache entries are fetched in one lookup
-
-
-def _valid_messages(messages: Any) -> Optional[str]:
-    """None if `messages` is a usable conversation, else what is wrong with it."""
-    if not isinstance(messages, list) or not messages:
-        return f"item is not a non-empty list of messages (got {type(messages).__name__})"
-    for m in messages:
-        if not isinstance(m, dict) or "role" not in m:
-            return "item contains a message that is not a dict with a 'role'"
-    return None
 
 
 class BatchJob:
@@ -192,10 +183,12 @@ class BatchJob:
                 checkpoint.check(index, messages)
                 yield self._resumed(index, checkpoint.done[index], meta), messages
                 continue
-            problem = _valid_messages(messages)
-            if problem is not None:
+            try:
+                check_messages(messages)
+            except ValueError as exc:  # this item fails alone; the batch goes on
                 self.errors["ValueError"] += 1
-                yield BatchResultItem(index, None, None, "error", f"ValueError: {problem}", 0.0, meta), messages
+                yield BatchResultItem(index, None, None, "error", f"ValueError: item {index}: {exc}", 0.0,
+                                      meta), messages
                 continue
             todo.append((index, messages, meta))
         hits: List[Optional[dict]] = [None] * len(todo)

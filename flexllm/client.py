@@ -180,4 +180,4 @@ class LLMClient(_BaseClient):
         super().__init__(adapter, model=model, cache=cache, concurrency_limit=concurrency_limit, max_qps=max_qps,
                          retry_times=retry_times, retry_delay=retry_delay, timeout=timeout, **options)
 
-    parse_thoughts = OpenAIClient.parse_thoughts
+    parse_thoughts = staticmethod(OpenAIClient.parse_thoughts)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-__all__ = ["BatchResultItem", "ChatCompletionResult", "StreamEvent", "merge_usage"]
+__all__ = ["BatchResultItem", "ChatCompletionResult", "StreamEvent"]
 
 
 @dataclass
@@ -47,12 +47,3 @@ class StreamEvent:
     done: bool = False
     raw: Optional[Dict[str, Any]] = field(default=None, repr=False)
 
-
-def merge_usage(total: Dict[str, int], usage: Optional[dict]) -> None:
-    """Add one reply's prompt/completion/total token counts into `total` (in place)."""
-    if not usage:
-        return
-    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-        value = usage.get(key)
-        if isinstance(value, int):
-            total[key] = total.get(key, 0) + value

@@ -115,7 +115,7 @@ def test_invalid_item_fails_alone_naming_its_index(server):
     got = list(make_client(server).iter_chat_completions_batch(items))
     by_index = {i.index: i for i in got}
     assert by_index[0].content == "echo: ok0" and by_index[3].content == "echo: ok3"
-    assert by_index[1].status == "error" and "not a non-empty list" in by_index[1].error
+    assert by_index[1].status == "error" and "item 1: messages must be a non-empty list" in by_index[1].error
     assert by_index[2].status == "error"
     assert len(server.requests) == 2
 

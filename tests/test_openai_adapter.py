@@ -119,3 +119,11 @@ def test_error_message_never_holds_the_key():
     adapter = OpenAIAdapter(base_url="http://h/v1", api_key="sk-live-123456")
     err = adapter.map_error(401, {"error": {"message": "Incorrect API key provided: sk-live-123456"}}, {}, model="m")
     assert "sk-live-123456" not in str(err)
+
+
+def test_parse_thoughts_on_instances_and_llmclient():
+    from flexllm import LLMClient
+
+    data = {"choices": [{"message": {"content": "<think>R</think>A"}}]}
+    assert LLMClient(model="m", base_url="http://h/v1").parse_thoughts(data) == {"thought": "R", "answer": "A"}
+    assert LLMClient.parse_thoughts(data) == OpenAIClient(base_url="http://h/v1").parse_thoughts(data)
