@@ -1,8 +1,9 @@
 """The response cache: replies stored in SQLite through sqlitedict, as JSON, keyed by what changes them.
 
-One file, `<cache_dir>/responses.sqlite` (directory 0700, file 0600). With `use_ipc=True` the file is in
-WAL mode with a 30 s busy timeout, so many processes (cron jobs, gunicorn workers) share it safely;
-`use_ipc=False` takes an exclusive lock for a single process. A cache that cannot be opened logs one
+One file, `<cache_dir>/responses.sqlite` (directory 0700, file 0600), in WAL mode with a 30 s busy
+timeout, so many processes (cron jobs, gunicorn workers) and many clients share it. `use_ipc=True` commits
+with `synchronous=NORMAL` (what other processes see is durable); `use_ipc=False` skips even that sync for
+a single process that accepts losing the last entries on a power cut (never corruption). A cache that cannot be opened logs one
 warning and the client runs uncached: the cache never fails a request.
 """
 from __future__ import annotations
@@ -25,7 +26,9 @@ logger = logging.getLogger(__name__)
 
 CACHE_FILENAME = "responses.sqlite"
 _TABLE = "responses"
-_CHUNK = 500  # keys per SELECT … IN (…): below SQLite's default variable limit
+_CHUNK = 500
+_OPEN: Dict[Any, "ResponseCache"] = {}
+_OPEN_LOCK = threading.Lock()  # keys per SELECT … IN (…): below SQLite's default variable limit
 _BUSY_TIMEOUT_MS = 30_000
 
 
@@ -61,13 +64,25 @@ class ResponseCache:
         """The cache for `config`, or None when disabled or unusable (with one warning)."""
         if config is None or not config.enabled:
             return None
-        try:
-            return cls(config, clock=clock)
-        except Exception as exc:  # any failure to open means "run uncached", never a failed request
-            logger.warning("response cache disabled: cannot open %s (%s: %s)",
-                           os.path.join(os.path.expanduser(config.cache_dir), CACHE_FILENAME),
-                           type(exc).__name__, exc)
-            return None
+        shared = clock is time.time
+        key = (os.path.abspath(os.path.expanduser(config.cache_dir)), config.ttl, config.use_ipc)
+        with _OPEN_LOCK:
+            if shared and key in _OPEN:  # clients of one process share one handle: one ordered writer
+                return _OPEN[key]
+            try:
+                cache = cls(config, clock=clock)
+            except Exception as exc:
+                cls._warn_unusable(config, exc)
+                return None
+            if shared:
+                _OPEN[key] = cache
+            return cache
+
+    @staticmethod
+    def _warn_unusable(config: ResponseCacheConfig, exc: Exception) -> None:
+        # any failure to open means "run uncached", never a failed request
+        logger.warning("response cache disabled: cannot open %s (%s: %s)",
+                       os.path.join(os.path.expanduser(config.cache_dir), CACHE_FILENAME), type(exc).__name__, exc)
 
     def _open(self) -> None:
         from sqlitedict import SqliteDict
@@ -84,14 +99,12 @@ class ResponseCache:
         finally:
             probe.close()
         db = SqliteDict(self.path, tablename=_TABLE, autocommit=True, outer_stack=False,
-                        journal_mode="WAL" if self.config.use_ipc else "DELETE",
+                        journal_mode="WAL",
                         encode=_encode, decode=json.loads)
         try:
             # wait for other processes' writes instead of failing; NORMAL is durable enough in WAL mode
             db.conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            db.conn.execute("PRAGMA synchronous = NORMAL")
-            if not self.config.use_ipc:
-                db.conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+            db.conn.execute("PRAGMA synchronous = %s" % ("NORMAL" if self.config.use_ipc else "OFF"))
             db.conn.select_one(f'SELECT COUNT(*) FROM "{_TABLE}" WHERE 0')  # surfaces a corrupt file now
         except Exception:
             db.close(force=True)

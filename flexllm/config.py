@@ -12,8 +12,8 @@ class ResponseCacheConfig:
 
     >>> client = LLMClient(model="m", base_url=url, cache=ResponseCacheConfig.with_ttl(3600))
 
-    `ttl=0` never expires. `use_ipc=True` makes the SQLite file safe to share between processes
-    (WAL journal, busy timeout); `False` is for a single process and skips those costs.
+    `ttl=0` never expires. The SQLite file is always safe to share (WAL journal, busy timeout);
+    `use_ipc=True` also syncs each commit for other processes, `False` skips that for a single process.
     """
 
     enabled: bool = False

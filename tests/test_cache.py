@@ -226,3 +226,14 @@ def test_cache_works_in_forked_child(tmp_path):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert cache.get("child")["content"] == "c"
+
+
+def test_two_clients_in_one_process_share_a_single_process_cache(server, tmp_path):
+    config = ResponseCacheConfig(enabled=True, ttl=0, cache_dir=str(tmp_path), use_ipc=False)
+    a = OpenAIClient(base_url=server.url, model="m", cache=config)
+    b = OpenAIClient(base_url=server.url, model="m", cache=config)
+    assert a.chat_completions_sync(user("one")) == "echo: one"
+    assert b.chat_completions_sync(user("one")) == "echo: one"
+    assert b.chat_completions_sync(user("two")) == "echo: two"
+    assert a.chat_completions_sync(user("two")) == "echo: two"
+    assert len(server.requests) == 2
