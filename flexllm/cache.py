@@ -38,9 +38,12 @@ def cache_key(provider: str, model: str, messages: List[dict], params: Mapping[s
     `params` are the output-affecting parameters (the adapter filters out library words); None values
     are dropped so `{"temperature": None}` keys the same as `{}`.
     """
-    payload = {"p": provider, "m": model, "msg": strip_inline_media(messages),
-               "params": {k: v for k, v in params.items() if v is not None}}
-    return hashlib.sha256(canonical_json(payload).encode("utf-8", "surrogatepass")).hexdigest()
+    payload = {"p": provider, "m": model, "msg": messages, "params": {k: v for k, v in params.items() if v is not None}}
+    text = canonical_json(payload)
+    if "base64," in text or '"mimeType"' in text:  # only then walk the messages to hash inline media
+        payload["msg"] = strip_inline_media(messages)
+        text = canonical_json(payload)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class ResponseCache:
@@ -56,6 +59,7 @@ class ResponseCache:
         self._warned = False
         self._db: Any = None
         self._pid = 0
+        self._local = threading.local()
         self._open()
 
     @classmethod
@@ -118,6 +122,19 @@ class ResponseCache:
                     self._open()
         return self._db
 
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's own read connection, for bulk lookups.
+
+        sqlitedict hands every row through a queue from its worker thread; a batch looking up thousands
+        of keys reads directly instead (WAL readers never block the writer).
+        """
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or getattr(local, "pid", None) != os.getpid():
+            conn = local.conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000)
+            local.pid = os.getpid()
+        return conn
+
     def _fail(self, what: str, exc: BaseException) -> None:
         if not self._warned:
             self._warned = True
@@ -145,12 +162,13 @@ class ResponseCache:
         if not keys:
             return out
         try:
-            conn = self._handle().conn
+            conn = self._reader()
             unique = list(dict.fromkeys(keys))
             for start in range(0, len(unique), _CHUNK):
                 chunk = unique[start:start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
-                for key, raw in conn.select(f'SELECT key, value FROM "{_TABLE}" WHERE key IN ({marks})', chunk):
+                rows = conn.execute(f'SELECT key, value FROM "{_TABLE}" WHERE key IN ({marks})', chunk).fetchall()
+                for key, raw in rows:
                     value = self._fresh(json.loads(raw))
                     if value is not None:
                         out[key] = value
