@@ -127,3 +127,8 @@ def test_parse_thoughts_on_instances_and_llmclient():
     data = {"choices": [{"message": {"content": "<think>R</think>A"}}]}
     assert LLMClient(model="m", base_url="http://h/v1").parse_thoughts(data) == {"thought": "R", "answer": "A"}
     assert LLMClient.parse_thoughts(data) == OpenAIClient(base_url="http://h/v1").parse_thoughts(data)
+
+
+def test_base_url_without_scheme_is_a_clear_error():
+    with pytest.raises(ValueError, match="http://"):
+        OpenAIClient(base_url="localhost:8000/v1", model="m")

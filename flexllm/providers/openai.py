@@ -74,6 +74,8 @@ class OpenAIAdapter(ProviderAdapter):
                  default_headers: Optional[Mapping[str, str]] = None) -> None:
         if not base_url:
             raise ValueError("base_url is required for an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.kind = endpoint_kind(self.base_url)
         thinking_params(self.kind, thinking)  # validate early
