@@ -80,5 +80,7 @@ async def aiter_in_thread(executor: Executor, make_iter: Callable[[], Iterator[T
                 break
             yield item
     finally:
+        # tell the producer to stop; it closes the sync iterator (releasing the HTTP response) in its own
+        # thread as soon as it wakes, so a cancelled consumer never waits on the network here
         stop.set()
-        await asyncio.shield(future)  # the producer never raises: its errors were handed over above
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: never raises

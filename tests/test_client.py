@@ -264,3 +264,15 @@ def test_close_then_reuse_and_thread_names(server):
     c.close()
     assert c.chat_completions_sync(user("again")) == "echo: again"
     assert threading.active_count() >= 1
+
+
+def test_async_stream_consumer_can_stop_early(server):
+    c = client_for(server)
+
+    async def main():
+        async for piece in c.chat_completions_stream(user("one two three four five six seven")):
+            break
+        return piece, await c.chat_completions(user("after"))
+
+    first, after = asyncio.run(main())
+    assert first == "echo:" and after == "echo: after"
