@@ -102,7 +102,18 @@ class LLMClientPool(ClientAPI):
 
     # -- endpoint choice -----------------------------------------------------------------------------
     def _has_slot(self, cfg: ProviderConfig) -> bool:
-        return self._busy[id(cfg)] < self._client_of[id(cfg)].concurrency_limit
+        """A free concurrency slot, and a rate-limit token available now (a QPS-capped endpoint is busy)."""
+        client = self._client_of[id(cfg)]
+        if self._busy[id(cfg)] >= client.concurrency_limit:
+            return False
+        bucket = client._pipeline.bucket
+        return bucket is None or bucket.delay() <= 0.0
+
+    def _next_free_in(self) -> float:
+        """How long until a rate-limited endpoint with a free slot can start (capped at _SLOT_WAIT)."""
+        waits = [c._pipeline.bucket.delay() for cfg, c in zip(self._configs, self._clients)
+                 if c._pipeline.bucket is not None and self._busy[id(cfg)] < c.concurrency_limit]
+        return min([_SLOT_WAIT] + [max(w, 0.001) for w in waits])
 
     def _acquire(self, exclude: Sequence[ProviderConfig]) -> ProviderConfig:
         """A healthy endpoint with a free slot (not in `exclude` if another exists); waits, never spins."""
@@ -113,7 +124,7 @@ class LLMClientPool(ClientAPI):
                     self._busy[id(cfg)] += 1
                     return cfg
                 if self.router.healthy_count() > 0:  # healthy ones exist but are all busy
-                    self._slots.wait(_SLOT_WAIT)
+                    self._slots.wait(self._next_free_in())
                     continue
             # nothing healthy: wait (outside our lock) for the earliest recovery, then retry
             probe = self.router.get_next(block=True, exclude=exclude, accept=None, timeout=_SLOT_WAIT * 4)

@@ -46,6 +46,14 @@ class TokenBucket:
             self._tat = tat + self._interval
             return start - now
 
+    def delay(self) -> float:
+        """Seconds until a start would be allowed, without reserving it (0.0 = now)."""
+        with self._lock:
+            now = self._clock()
+            if self._tat is None:
+                return 0.0
+            return max(0.0, self._tat - self._tolerance - now)
+
     def acquire(self) -> float:
         """Block until this caller may start a request; returns the seconds waited."""
         wait = self.reserve()

@@ -131,3 +131,12 @@ def test_invalid_configuration():
         LLMClientPool()
     with pytest.raises(ValueError, match="unknown keys"):
         LLMClientPool(endpoints=[{"base_url": "http://x/v1", "model": "m", "bogus": 1}])
+
+
+def test_qps_capped_endpoint_counts_as_busy(servers):
+    slow, _, healthy = servers
+    pool = LLMClientPool(endpoints=[{"base_url": slow.url, "model": "m", "max_qps": 2},
+                                    {"base_url": healthy.url, "model": "m", "concurrency_limit": 4}])
+    results = pool.chat_completions_batch_sync([user(f"q{i}") for i in range(200)], show_progress=False)
+    assert results == [f"echo: q{i}" for i in range(200)]
+    assert len(slow.requests) < len(healthy.requests)  # it is not handed work it would have to sleep on

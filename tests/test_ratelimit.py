@@ -86,3 +86,14 @@ def test_reservations_from_many_threads_are_unique_slots():
     for t in threads:
         t.join()
     assert sorted(round(w, 6) for w in waits) == [round(i * 0.01, 6) for i in range(1600)]
+
+
+def test_delay_reports_without_reserving():
+    clock = FakeClock()
+    bucket = TokenBucket(10, margin=0.0, clock=clock, sleep=clock.sleep)
+    assert bucket.delay() == 0.0
+    bucket.acquire()
+    assert bucket.delay() == pytest.approx(0.1)
+    assert bucket.delay() == pytest.approx(0.1)  # asking twice reserves nothing
+    clock.now += 0.1
+    assert bucket.delay() == 0.0
