@@ -113,8 +113,11 @@ class Pipeline:
 
     # -- single request ------------------------------------------------------------------------------
     def complete(self, messages: List[dict], model: str, params: Dict[str, Any], *, skip_cache: bool = False,
-                 read_cache: bool = True) -> Outcome:
-        """One reply, from the cache or the provider (with retries). Raises a typed LLMError on failure."""
+                 read_cache: bool = True, token_taken: bool = False) -> Outcome:
+        """One reply, from the cache or the provider (with retries). Raises a typed LLMError on failure.
+
+        `token_taken`: the caller (a pool) already took this request's first rate-limit token.
+        """
         started = time.perf_counter()
         cache = None if skip_cache else self.cache
         key = None
@@ -130,7 +133,7 @@ class Pipeline:
         def attempt() -> Tuple[ChatCompletionResult, dict]:
             nonlocal attempts
             attempts += 1
-            return self._attempt(spec, model)
+            return self._attempt(spec, model, take_token=attempts > 1 or not token_taken)
 
         try:
             result, raw = self.retry.call(attempt)
@@ -141,10 +144,10 @@ class Pipeline:
             cache.set(key, cache_entry(result))
         return Outcome(result, raw, False, attempts, time.perf_counter() - started)
 
-    def _attempt(self, spec: RequestSpec, model: str) -> Tuple[ChatCompletionResult, dict]:
+    def _attempt(self, spec: RequestSpec, model: str, take_token: bool = True) -> Tuple[ChatCompletionResult, dict]:
         request = self.transport.prepare(spec)
         with self._slots:
-            if self.bucket is not None:
+            if self.bucket is not None and take_token:
                 self.bucket.acquire()
             status, headers, body = self.transport.send(request, model=model)
         if not 200 <= status < 300:
@@ -161,7 +164,7 @@ class Pipeline:
 
     # -- streaming -----------------------------------------------------------------------------------
     def stream(self, messages: List[dict], model: str, params: Dict[str, Any], *,
-               skip_cache: bool = False) -> Iterator[StreamEvent]:
+               skip_cache: bool = False, token_taken: bool = False) -> Iterator[StreamEvent]:
         """Events of one streamed reply. Retries happen only before the first event is yielded."""
         cache = None if skip_cache else self.cache
         key = None
@@ -173,7 +176,14 @@ class Pipeline:
                                   usage=entry.get("usage"), finish_reason=entry.get("finish_reason"), done=True)
                 return
         spec = self.adapter.build_request(messages, model, params, stream=True)
-        stack, events, first = self.retry.call(lambda: self._open_stream(spec, model))
+        opens = 0
+
+        def open_stream() -> Tuple[contextlib.ExitStack, Iterator[StreamEvent], Optional[StreamEvent]]:
+            nonlocal opens
+            opens += 1
+            return self._open_stream(spec, model, take_token=opens > 1 or not token_taken)
+
+        stack, events, first = self.retry.call(open_stream)
         content: List[str] = []
         reasoning: List[str] = []
         usage = finish = None
@@ -192,13 +202,13 @@ class Pipeline:
             cache.set(key, cache_entry(ChatCompletionResult("".join(content), usage, "".join(reasoning) or None,
                                                             finish_reason=finish)))
 
-    def _open_stream(self, spec: RequestSpec, model: str) -> Tuple[contextlib.ExitStack, Iterator[StreamEvent],
-                                                                   Optional[StreamEvent]]:
+    def _open_stream(self, spec: RequestSpec, model: str, take_token: bool = True
+                     ) -> Tuple[contextlib.ExitStack, Iterator[StreamEvent], Optional[StreamEvent]]:
         stack = contextlib.ExitStack()
         self._slots.acquire()
         stack.callback(self._slots.release)
         try:
-            if self.bucket is not None:
+            if self.bucket is not None and take_token:
                 self.bucket.acquire()
             status, headers, lines = stack.enter_context(self.transport.stream(spec, model=model))
             if not 200 <= status < 300:

@@ -115,14 +115,22 @@ class LLMClientPool(ClientAPI):
                  if c._pipeline.bucket is not None and self._busy[id(cfg)] < c.concurrency_limit]
         return min([_SLOT_WAIT] + [max(w, 0.001) for w in waits])
 
-    def _acquire(self, exclude: Sequence[ProviderConfig]) -> ProviderConfig:
-        """A healthy endpoint with a free slot (not in `exclude` if another exists); waits, never spins."""
+    def _acquire(self, exclude: Sequence[ProviderConfig]) -> Tuple[ProviderConfig, bool]:
+        """A healthy endpoint with a free slot (not in `exclude` if another exists) and whether its first
+        rate-limit token was taken here; waits, never spins.
+
+        The token is claimed under the pool's lock together with the slot, so two workers never both see a
+        rate-limited endpoint as free and then queue in its bucket.
+        """
         while True:
             with self._slots:
                 cfg = self.router.get_next(block=False, exclude=exclude, accept=self._has_slot)
                 if cfg is not None:
+                    bucket = self._client_of[id(cfg)]._pipeline.bucket
+                    if bucket is not None and not bucket.try_acquire():
+                        continue  # someone outside the pool took it: choose again
                     self._busy[id(cfg)] += 1
-                    return cfg
+                    return cfg, bucket is not None
                 if self.router.healthy_count() > 0:  # healthy ones exist but are all busy
                     self._slots.wait(self._next_free_in())
                     continue
@@ -131,7 +139,7 @@ class LLMClientPool(ClientAPI):
             if probe is not None:
                 with self._slots:
                     self._busy[id(probe)] += 1
-                return probe
+                return probe, False
 
     def _release(self, cfg: ProviderConfig) -> None:
         with self._slots:
@@ -143,11 +151,11 @@ class LLMClientPool(ClientAPI):
         retries_left = self.retry_times
         attempts = 0
         while True:
-            cfg = self._acquire(tried)
+            cfg, token_taken = self._acquire(tried)
             client = self._client_of[id(cfg)]
             attempts += 1
             try:
-                result = call(client._pipeline, model or client.model)
+                result = call(client._pipeline, model or client.model, token_taken)
             except LLMError as exc:
                 self._release(cfg)
                 exc.attempts = attempts  # type: ignore[attr-defined]
@@ -189,8 +197,8 @@ class LLMClientPool(ClientAPI):
                 from ._pipeline import result_from_cache
                 return Outcome(result_from_cache(hit), None, True, 0, 0.0)
         started = time.perf_counter()
-        outcome, cfg = self._run(lambda p, m: p.complete(messages, m, params, skip_cache=skip_cache,
-                                                         read_cache=False), model)
+        outcome, cfg = self._run(lambda p, m, t: p.complete(messages, m, params, skip_cache=skip_cache,
+                                                            read_cache=False, token_taken=t), model)
         self.router.mark_success(cfg)
         self._release(cfg)
         outcome.latency = time.perf_counter() - started
@@ -204,8 +212,9 @@ class LLMClientPool(ClientAPI):
 
     def _stream(self, messages: List[dict], model: str, params: Dict[str, Any], *,
                 skip_cache: bool) -> Iterator[StreamEvent]:
-        def open_stream(pipeline: Pipeline, m: str) -> Tuple[Iterator[StreamEvent], Optional[StreamEvent]]:
-            events = pipeline.stream(messages, m, params, skip_cache=skip_cache)
+        def open_stream(pipeline: Pipeline, m: str,
+                        token_taken: bool) -> Tuple[Iterator[StreamEvent], Optional[StreamEvent]]:
+            events = pipeline.stream(messages, m, params, skip_cache=skip_cache, token_taken=token_taken)
             try:
                 return events, next(events, None)  # failover is possible until the first event
             except BaseException:

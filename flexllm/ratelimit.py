@@ -54,6 +54,16 @@ class TokenBucket:
                 return 0.0
             return max(0.0, self._tat - self._tolerance - now)
 
+    def try_acquire(self) -> bool:
+        """Take a start slot only if one is free right now (no waiting); True if taken."""
+        with self._lock:
+            now = self._clock()
+            if self._tat is not None and self._tat - self._tolerance > now:
+                return False
+            tat = now if self._tat is None or self._tat < now else self._tat
+            self._tat = tat + self._interval
+            return True
+
     def acquire(self) -> float:
         """Block until this caller may start a request; returns the seconds waited."""
         wait = self.reserve()

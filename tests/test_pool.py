@@ -139,4 +139,4 @@ def test_qps_capped_endpoint_counts_as_busy(servers):
                                     {"base_url": healthy.url, "model": "m", "concurrency_limit": 4}])
     results = pool.chat_completions_batch_sync([user(f"q{i}") for i in range(200)], show_progress=False)
     assert results == [f"echo: q{i}" for i in range(200)]
-    assert len(slow.requests) < len(healthy.requests)  # it is not handed work it would have to sleep on
+    assert len(slow.requests) <= 3  # it is not handed work it would have to sleep on

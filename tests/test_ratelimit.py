@@ -97,3 +97,13 @@ def test_delay_reports_without_reserving():
     assert bucket.delay() == pytest.approx(0.1)  # asking twice reserves nothing
     clock.now += 0.1
     assert bucket.delay() == 0.0
+
+
+def test_try_acquire_takes_only_a_free_slot():
+    clock = FakeClock()
+    bucket = TokenBucket(10, margin=0.0, clock=clock, sleep=clock.sleep)
+    assert bucket.try_acquire() is True
+    assert bucket.try_acquire() is False  # the next slot is 0.1 s away: not taken, nothing reserved
+    assert bucket.delay() == pytest.approx(0.1)
+    clock.now += 0.1
+    assert bucket.try_acquire() is True
