@@ -53,6 +53,8 @@ class BatchJob:
         self.stopped_reason: Optional[str] = None
         self._elapsed = 0.0
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # counters, file and progress are shared by the workers
+        self._closed = False
 
     # -- public --------------------------------------------------------------------------------------
     def run(self, messages_list: Iterable[Any]) -> Iterator[BatchResultItem]:
@@ -116,29 +118,33 @@ class BatchJob:
         interrupted = False
         restore = _sigterm_as_interrupt()
         try:
-            for chunk in _chunks(enumerate(messages_list), _LOOKAHEAD):
+            # read ahead only when a cache can answer many items in one lookup; otherwise take items one
+            # by one, so a slow input (a generator on a pipe) never holds back what has already arrived
+            lookahead = _LOOKAHEAD if not self.skip_cache and self.runner.cache is not None else 1
+            for chunk in _chunks(enumerate(messages_list), lookahead):
                 for item, messages in self._prepare(chunk, checkpoint):
                     if item is not None:
-                        self._record(item, checkpoint, progress, messages)
+                        with self._lock:
+                            self._record(item, checkpoint, progress, messages)
                         yield item
                         continue
                     while len(pending) >= window:
-                        yield from self._finish(done_q.get(), pending, checkpoint, progress)
+                        yield from self._finish(done_q.get(), pending)
                     if self._stop.is_set():
                         break
-                    future = executor.submit(self._work, *messages)
+                    future = executor.submit(self._work, *messages, checkpoint, progress)
                     pending.add(future)
                     future.add_done_callback(done_q.put)
                 if self._stop.is_set():
                     break
             while pending:
-                yield from self._finish(done_q.get(), pending, checkpoint, progress)
+                yield from self._finish(done_q.get(), pending)
         except KeyboardInterrupt:
             interrupted = True
             self._stop.set()
             self.stopped_reason = "interrupted"
             executor.shutdown(wait=False, cancel_futures=True)  # queued items never start
-            self._drain(pending, checkpoint, progress)
+            self._drain(pending)
             raise
         except GeneratorExit:  # the consumer stopped iterating: in-flight requests finish in the background
             interrupted = True
@@ -149,6 +155,8 @@ class BatchJob:
             restore()
             executor.shutdown(wait=not interrupted, cancel_futures=True)
             self._elapsed = time.perf_counter() - started
+            with self._lock:
+                self._closed = True
             progress.close()
             if checkpoint is not None:
                 checkpoint.close(compact=not interrupted and not self._stop.is_set())
@@ -156,7 +164,7 @@ class BatchJob:
                 logger.warning("batch interrupted: results so far are kept%s; rerun to resume",
                                f" in {checkpoint.path}" if checkpoint else "")
 
-    def _drain(self, pending: set, checkpoint: Optional[Checkpoint], progress: BatchProgress) -> None:
+    def _drain(self, pending: set) -> None:
         """After Ctrl-C/SIGTERM: keep the answers already on their way; a second Ctrl-C abandons them."""
         running = [f for f in pending if not f.cancelled()]
         if not running:
@@ -164,10 +172,7 @@ class BatchJob:
         logger.warning("interrupted: waiting for %d request(s) in flight to keep their results "
                        "(Ctrl-C again to abandon them)", len(running))
         try:
-            wait(running)
-            for future in list(pending):
-                for _ in self._finish(future, pending, checkpoint, progress):
-                    pass
+            wait(running)  # their workers record them
         except KeyboardInterrupt:
             abort = getattr(self.runner, "abort", None)
             if abort is not None:
@@ -186,7 +191,8 @@ class BatchJob:
             try:
                 check_messages(messages)
             except ValueError as exc:  # this item fails alone; the batch goes on
-                self.errors["ValueError"] += 1
+                with self._lock:
+                    self.errors["ValueError"] += 1
                 yield BatchResultItem(index, None, None, "error", f"ValueError: item {index}: {exc}", 0.0,
                                       meta), messages
                 continue
@@ -202,47 +208,52 @@ class BatchJob:
             else:
                 yield None, (index, messages, meta)
 
-    def _work(self, index: int, messages: List[dict], meta: Optional[dict]) -> Tuple[Any, ...]:
+    def _work(self, index: int, messages: List[dict], meta: Optional[dict], checkpoint: Optional[Checkpoint],
+              progress: BatchProgress) -> Optional[BatchResultItem]:
+        """Run one item on a worker thread and record it there at once (file, counters, progress)."""
         if self._stop.is_set():
-            return index, messages, meta, None, None
+            return None
         started = time.perf_counter()
         try:
             outcome = self.runner.complete(messages, self.model, self.params, skip_cache=self.skip_cache,
                                            read_cache=False)
-            return index, messages, meta, outcome, None
         except Exception as exc:  # recorded as this item's error; the batch goes on
-            exc.latency = time.perf_counter() - started  # type: ignore[attr-defined]
-            return index, messages, meta, None, exc
+            item = BatchResultItem(index, None, None, "error", f"{type(exc).__name__}: {exc}",
+                                   time.perf_counter() - started, meta)
+            with self._lock:
+                self.retries += max(0, getattr(exc, "attempts", 1) - 1)
+                self.errors[type(exc).__name__] += 1
+                if isinstance(exc, QuotaExceededError) and not self._stop.is_set():
+                    self.stopped_reason = f"quota exhausted: {exc}"
+                    logger.error("stopping the batch early: %s (finished results are kept; rerun later to "
+                                 "resume)", exc)
+                    self._stop.set()
+                self._record(item, checkpoint, progress, messages)
+            return item
+        r: ChatCompletionResult = outcome.result
+        item = BatchResultItem(index, r.content, r.usage, "cached" if outcome.cached else "success", None,
+                               outcome.latency, meta, r.reasoning_content)
+        with self._lock:
+            self.retries += max(0, outcome.attempts - 1)
+            self._record(item, checkpoint, progress, messages)
+        return item
 
-    def _finish(self, future: Future, pending: set, checkpoint: Optional[Checkpoint],
-                progress: BatchProgress) -> Iterator[BatchResultItem]:
+    def _finish(self, future: Future, pending: set) -> Iterator[BatchResultItem]:
+        """Hand a finished item to the consumer (it was recorded by its worker already)."""
         if future not in pending:
-            return  # already recorded (a drain after an interrupt)
+            return
         pending.discard(future)
         if future.cancelled():
             return
-        index, messages, meta, outcome, exc = future.result()
-        if outcome is None and exc is None:
-            return  # skipped after a stop
-        if exc is not None:
-            self.retries += max(0, getattr(exc, "attempts", 1) - 1)
-            if isinstance(exc, QuotaExceededError) and not self._stop.is_set():
-                self.stopped_reason = f"quota exhausted: {exc}"
-                logger.error("stopping the batch early: %s (finished results are kept; rerun later to resume)", exc)
-                self._stop.set()
-            error = f"{type(exc).__name__}: {exc}"
-            item = BatchResultItem(index, None, None, "error", error, getattr(exc, "latency", 0.0), meta)
-            self.errors[type(exc).__name__] += 1
-        else:
-            self.retries += max(0, outcome.attempts - 1)
-            r: ChatCompletionResult = outcome.result
-            status = "cached" if outcome.cached else "success"
-            item = BatchResultItem(index, r.content, r.usage, status, None, outcome.latency, meta, r.reasoning_content)
-        self._record(item, checkpoint, progress, messages)
-        yield item
+        item = future.result()  # re-raises a failure to write the output file
+        if item is not None:
+            yield item
 
     def _record(self, item: BatchResultItem, checkpoint: Optional[Checkpoint], progress: BatchProgress,
                 messages: Any = None) -> None:
+        """Count, write and show one finished item. Callers hold `self._lock`."""
+        if self._closed:
+            return  # a straggler finishing after the batch ended: nothing is written any more
         status = "resumed" if item.resumed else ("failed" if item.status == "error" else item.status)
         self.counts[status] += 1
         if item.status == "success" and item.usage and not item.resumed:  # tokens paid in this run only

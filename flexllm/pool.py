@@ -188,6 +188,11 @@ class LLMClientPool(ClientAPI):
     def _pipeline0(self) -> Pipeline:
         return self._clients[0]._pipeline
 
+    @property
+    def cache(self) -> Any:
+        """The response cache the endpoints share (the first endpoint's handle), or None."""
+        return self._pipeline0().cache
+
     def complete(self, messages: List[dict], model: str, params: Dict[str, Any], *, skip_cache: bool = False,
                  read_cache: bool = True) -> Outcome:
         """One reply through the pool (the batch engine's entry point)."""

@@ -269,3 +269,24 @@ def test_write_failure_names_the_file_and_keeps_earlier_records(server, tmp_path
     results = make_client(server).chat_completions_batch_sync([user(f"w{i}") for i in range(10)],
                                                               output_file=str(out), show_progress=False)
     assert results == [f"echo: w{i}" for i in range(10)]
+
+
+def test_results_reach_the_file_while_a_slow_input_is_still_being_read(server, tmp_path):
+    out = tmp_path / "out.jsonl"
+    more = threading.Event()
+
+    def slow_input():
+        for i in range(3):
+            yield user(f"s{i}")
+        more.wait(15)  # e.g. a generator reading a slow source
+        yield user("s3")
+
+    runner = threading.Thread(target=lambda: list(make_client(server).iter_chat_completions_batch(
+        slow_input(), output_file=str(out))))
+    runner.start()
+    try:
+        wait_for(lambda: count_lines(out) >= 3, timeout=10, what="the first answers on disk")
+    finally:
+        more.set()
+        runner.join(30)
+    assert sorted(r["index"] for r in read_records(out)) == [0, 1, 2, 3]
