@@ -270,9 +270,10 @@ def test_async_stream_consumer_can_stop_early(server):
     c = client_for(server)
 
     async def main():
-        async for piece in c.chat_completions_stream(user("one two three four five six seven")):
-            break
-        return piece, await c.chat_completions(user("after"))
+        stream = c.chat_completions_stream(user("one two three four five six seven"))
+        first_piece = await stream.__anext__()
+        await stream.aclose()  # the consumer stops early
+        return first_piece, await c.chat_completions(user("after"))
 
     first, after = asyncio.run(main())
     assert first == "echo:" and after == "echo: after"
