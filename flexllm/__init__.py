@@ -7,9 +7,21 @@ from ._checkpoint import OutputFileLockedError
 from ._hashing import messages_hash
 from .client import GeminiClient, LLMClient, OpenAIClient
 from .config import ResponseCacheConfig
-from .errors import (APIConnectionError, APIStatusError, APITimeoutError, AuthenticationError, BadRequestError,
-                     ContentBlockedError, LLMError, NotFoundError, QuotaExceededError, RateLimitError,
-                     ResponseParseError, ServerError, StreamTruncatedError)
+from .errors import (
+                     APIConnectionError,
+                     APIStatusError,
+                     APITimeoutError,
+                     AuthenticationError,
+                     BadRequestError,
+                     ContentBlockedError,
+                     LLMError,
+                     NotFoundError,
+                     QuotaExceededError,
+                     RateLimitError,
+                     ResponseParseError,
+                     ServerError,
+                     StreamTruncatedError,
+)
 from .parsing import extract_code_snippets, parse_to_code, parse_to_obj
 from .pool import LLMClientPool
 from .pricing import MODEL_PRICING, estimate_batch_cost, estimate_cost

@@ -5,18 +5,18 @@ here. Each `async def` awaits its sync twin on the object's own thread pool (DES
 """
 from __future__ import annotations
 
-import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from ._aio import aiter_in_thread, run_in_thread
+from ._logging import get_logger
 from ._pipeline import Outcome
 from .types import BatchResultItem, ChatCompletionResult, StreamEvent
 
 __all__ = ["ClientAPI"]
 
-logger = logging.getLogger("flexllm")
+logger = get_logger("flexllm")
 
 Reply = Union[str, ChatCompletionResult, Dict[str, Any]]
 

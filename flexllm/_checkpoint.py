@@ -7,7 +7,6 @@ leaves half a line behind; `fsync` runs every `flush_interval` seconds and at cl
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from typing import Any, Dict, Iterator, Optional, Tuple
@@ -17,11 +16,12 @@ try:  # POSIX advisory locks; Windows runs without the overlapping-run guard
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
+from ._logging import get_logger
 from .errors import LLMError
 
 __all__ = ["Checkpoint", "OutputFileLockedError", "DONE_STATUSES"]
 
-logger = logging.getLogger("flexllm")
+logger = get_logger("flexllm")
 
 DONE_STATUSES = frozenset({"success", "cached"})
 

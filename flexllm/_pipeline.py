@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from ._logging import get_logger
 from .config import ResponseCacheConfig
 from .errors import LLMError, ResponseParseError, StreamTruncatedError
 from .http import Transport
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Outcome", "Pipeline"]
 
-logger = logging.getLogger("flexllm")
+logger = get_logger("flexllm")
 
 
 @dataclass

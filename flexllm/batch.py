@@ -7,7 +7,6 @@ rerun on the same output file resumes (DESIGN §6).
 from __future__ import annotations
 
 import itertools
-import logging
 import queue
 import signal
 import threading
@@ -19,6 +18,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 from ._api import check_messages
 from ._checkpoint import Checkpoint, OutputFileLockedError
 from ._constants import BATCH_WINDOW_PER_WORKER
+from ._logging import get_logger
 from ._pipeline import result_from_cache
 from .errors import QuotaExceededError
 from .progress import BatchProgress
@@ -26,7 +26,7 @@ from .types import BatchResultItem, ChatCompletionResult
 
 __all__ = ["BatchJob", "OutputFileLockedError"]
 
-logger = logging.getLogger("flexllm")
+logger = get_logger("flexllm")
 
 _LOOKAHEAD = 256  # items whose cache entries are fetched in one lookup
 

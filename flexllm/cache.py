@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import sqlite3
 import threading
@@ -18,11 +17,12 @@ import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from ._hashing import canonical_json, strip_inline_media
+from ._logging import get_logger
 from .config import ResponseCacheConfig
 
 __all__ = ["CACHE_FILENAME", "ResponseCache", "cache_key"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 CACHE_FILENAME = "responses.sqlite"
 _TABLE = "responses"

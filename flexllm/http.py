@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import logging
 import os
 import ssl
 import threading
@@ -19,12 +18,13 @@ import certifi
 import httpx
 
 from ._constants import DEFAULT_CONNECT_TIMEOUT
+from ._logging import get_logger
 from .errors import APIConnectionError, APITimeoutError
 from .providers.base import RequestSpec
 
 __all__ = ["Transport", "dumps"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 def dumps(body: Any) -> bytes:

@@ -7,12 +7,12 @@ that fails on one endpoint moves to another at once (no backoff while an untried
 """
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ._api import ClientAPI
+from ._logging import get_logger
 from ._pipeline import Outcome, Pipeline
 from .client import LLMClient, _BaseClient
 from .config import ResponseCacheConfig
@@ -23,7 +23,7 @@ from .types import StreamEvent
 
 __all__ = ["LLMClientPool"]
 
-logger = logging.getLogger("flexllm")
+logger = get_logger("flexllm")
 
 _ENDPOINT_KEYS = {"base_url", "api_key", "model", "provider", "weight", "concurrency_limit", "max_qps"}
 _SLOT_WAIT = 0.5  # seconds between re-checks while every healthy endpoint is busy

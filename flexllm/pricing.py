@@ -6,13 +6,14 @@ own numbers by editing `MODEL_PRICING` (a plain dict) if yours differ.
 """
 from __future__ import annotations
 
-import logging
 import threading
 from typing import Any, Dict, Iterable, List, Optional
 
+from ._logging import get_logger
+
 __all__ = ["MODEL_PRICING", "PRICES_TAKEN_ON", "estimate_batch_cost", "estimate_cost", "get_model_pricing"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 PRICES_TAKEN_ON = "2025-11-20"
 

@@ -1,15 +1,15 @@
 """Batch progress: a rich bar on a terminal, a log line every few seconds elsewhere (cron, CI)."""
 from __future__ import annotations
 
-import logging
 import time
 from typing import Callable, Optional
 
 from ._constants import PROGRESS_LOG_INTERVAL
+from ._logging import get_logger
 
 __all__ = ["BatchProgress"]
 
-logger = logging.getLogger("flexllm")
+logger = get_logger("flexllm")
 
 
 class BatchProgress:

@@ -7,7 +7,6 @@ The wait is the server's hint when it gave one, else capped exponential backoff 
 from __future__ import annotations
 
 import email.utils
-import logging
 import random
 import time
 from typing import Callable, Mapping, Optional, TypeVar
@@ -15,12 +14,19 @@ from typing import Callable, Mapping, Optional, TypeVar
 import tenacity
 
 from ._constants import JITTER_MIN, MAX_BACKOFF_FACTOR, MAX_RETRY_AFTER, RETRY_STATUSES
-from .errors import (APIConnectionError, APIStatusError, LLMError, QuotaExceededError, ResponseParseError,
-                     StreamTruncatedError)
+from ._logging import get_logger
+from .errors import (
+    APIConnectionError,
+    APIStatusError,
+    LLMError,
+    QuotaExceededError,
+    ResponseParseError,
+    StreamTruncatedError,
+)
 
 __all__ = ["RetryPolicy", "backoff_delay", "is_retryable", "parse_retry_after", "retry_wait"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 T = TypeVar("T")
 
 

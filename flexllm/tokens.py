@@ -10,17 +10,17 @@ counts about one token per CJK character and one per four other characters, with
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import tempfile
 import threading
 from typing import Any, Callable, Dict, List
 
 from ._hashing import messages_hash
+from ._logging import get_logger
 
 __all__ = ["count_messages_tokens", "count_tokens", "encoding_name_for", "messages_hash"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 _O200K_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o", "gpt-oss")
 _BLOB_URLS = {

@@ -9,7 +9,6 @@ import pytest
 
 from .conftest import count_lines, read_records, wait_for
 
-
 KEY = "sk-cli-SECRET-424242"
 
 

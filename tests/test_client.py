@@ -7,10 +7,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from flexllm import (APIConnectionError, APITimeoutError, AuthenticationError, BadRequestError, ChatCompletionResult,
-                     LLMClient, OpenAIClient, QuotaExceededError, ResponseParseError, ServerError,
-                     StreamTruncatedError)
-
+from flexllm import (
+    APIConnectionError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ChatCompletionResult,
+    LLMClient,
+    OpenAIClient,
+    QuotaExceededError,
+    ResponseParseError,
+    ServerError,
+    StreamTruncatedError,
+)
 from flexllm.mock import MockServer
 
 from .conftest import user

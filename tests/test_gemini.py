@@ -5,8 +5,17 @@ import threading
 
 import pytest
 
-from flexllm import (ChatCompletionResult, ContentBlockedError, GeminiClient, LLMClient, QuotaExceededError,
-                     RateLimitError, ResponseCacheConfig, ServerError, StreamTruncatedError)
+from flexllm import (
+    ChatCompletionResult,
+    ContentBlockedError,
+    GeminiClient,
+    LLMClient,
+    QuotaExceededError,
+    RateLimitError,
+    ResponseCacheConfig,
+    ServerError,
+    StreamTruncatedError,
+)
 from flexllm.errors import BadRequestError
 from flexllm.providers.gemini import GeminiAdapter, detect_gemini, gemini_thinking_config
 from flexllm.providers.vertex_auth import VertexTokenProvider

@@ -3,9 +3,20 @@ import email.utils
 
 import pytest
 
-from flexllm.errors import (APIConnectionError, APITimeoutError, AuthenticationError, BadRequestError,
-                            ContentBlockedError, NotFoundError, QuotaExceededError, RateLimitError,
-                            ResponseParseError, ServerError, StreamTruncatedError, status_error_class)
+from flexllm.errors import (
+    APIConnectionError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ContentBlockedError,
+    NotFoundError,
+    QuotaExceededError,
+    RateLimitError,
+    ResponseParseError,
+    ServerError,
+    StreamTruncatedError,
+    status_error_class,
+)
 from flexllm.retry import RetryPolicy, backoff_delay, is_retryable, parse_retry_after, retry_wait
 
 

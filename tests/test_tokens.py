@@ -4,7 +4,14 @@ import logging
 import pytest
 import tiktoken
 
-from flexllm import MODEL_PRICING, count_messages_tokens, count_tokens, estimate_batch_cost, estimate_cost, messages_hash
+from flexllm import (
+    MODEL_PRICING,
+    count_messages_tokens,
+    count_tokens,
+    estimate_batch_cost,
+    estimate_cost,
+    messages_hash,
+)
 from flexllm import tokens as tokens_mod
 from flexllm.pricing import get_model_pricing
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import random
 import socket
 import threading
@@ -12,12 +11,13 @@ from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Iterable, List, Optional
 
+from .._logging import get_logger
 from . import _gemini, _openai
 from ._directives import Rule, collect, strip
 
 __all__ = ["MockServer", "RecordedRequest"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 _SECRET_NAMES = ("authorization", "x-goog-api-key", "api-key")
 

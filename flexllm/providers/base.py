@@ -5,10 +5,9 @@ data. It never does I/O. Transport, retry, rate limit, cache and batch are share
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
-
-import json
 
 from ..errors import APIStatusError, ResponseParseError
 from ..types import ChatCompletionResult, StreamEvent

@@ -7,8 +7,7 @@ import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
-from ..errors import (APIStatusError, ContentBlockedError, QuotaExceededError, ResponseParseError,
-                      status_error_class)
+from ..errors import APIStatusError, ContentBlockedError, QuotaExceededError, ResponseParseError, status_error_class
 from ..types import ChatCompletionResult, StreamEvent
 from .base import LIBRARY_KWARGS, ProviderAdapter, RequestSpec, decode_sse_json
 
