@@ -237,3 +237,17 @@ def test_two_clients_in_one_process_share_a_single_process_cache(server, tmp_pat
     assert b.chat_completions_sync(user("two")) == "echo: two"
     assert a.chat_completions_sync(user("two")) == "echo: two"
     assert len(server.requests) == 2
+
+
+def test_entries_written_just_before_exit_are_kept(server, tmp_path):
+    script = textwrap.dedent("""
+        import sys
+        from flexllm import OpenAIClient, ResponseCacheConfig
+        c = OpenAIClient(base_url=sys.argv[1], model="m", cache=ResponseCacheConfig.persistent(cache_dir=sys.argv[2]))
+        c.chat_completions_batch_sync([[{"role": "user", "content": f"x{i}"}] for i in range(300)],
+                                      show_progress=False)
+    """)  # no close(): the process just ends
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    subprocess.run([sys.executable, "-c", script, server.url, str(tmp_path)], env=env, check=True, timeout=60)
+    cache = ResponseCache(ResponseCacheConfig.persistent(cache_dir=str(tmp_path)))
+    assert len(cache.get_many([cache_key("openai", "m", user(f"x{i}"), {}) for i in range(300)])) == 300
