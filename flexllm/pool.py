@@ -66,8 +66,7 @@ class LLMClientPool(ClientAPI):
                               max_qps=max_qps, retry_times=retry_times, retry_delay=retry_delay,
                               retryable=_retry_here if fallback else None)
             for i, e in enumerate(endpoints or [])]
-        weights = [float((endpoints or [{}] * len(self._clients))[i].get("weight", 1.0)) if endpoints else 1.0
-                   for i in range(len(self._clients))]
+        weights = [float(e.get("weight", 1.0)) for e in endpoints] if endpoints else [1.0] * len(self._clients)
         self._configs = [ProviderConfig(base_url=getattr(c.adapter, "base_url", "") or "", model=c.model,
                                         weight=w) for c, w in zip(self._clients, weights)]
         self._client_of = {id(cfg): c for cfg, c in zip(self._configs, self._clients)}

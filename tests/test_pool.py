@@ -140,3 +140,10 @@ def test_qps_capped_endpoint_counts_as_busy(servers):
     results = pool.chat_completions_batch_sync([user(f"q{i}") for i in range(200)], show_progress=False)
     assert results == [f"echo: q{i}" for i in range(200)]
     assert len(slow.requests) <= 3  # it is not handed work it would have to sleep on
+
+
+def test_endpoint_weights_reach_the_router(servers):
+    slow, _, healthy = servers
+    pool = LLMClientPool(endpoints=[{"base_url": slow.url, "model": "m", "weight": 3},
+                                    {"base_url": healthy.url, "model": "m", "weight": 1}], load_balance="weighted")
+    assert [p.weight for p in pool.router.providers] == [3.0, 1.0]
