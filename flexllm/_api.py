@@ -11,6 +11,7 @@ from typing import Any, AsyncIterator, Dict, Iterable, Iterator, List, Optional,
 
 from ._aio import aiter_in_thread, run_in_thread
 from ._logging import get_logger
+from ._messages import check_messages
 from ._pipeline import Outcome
 from .types import BatchResultItem, ChatCompletionResult, StreamEvent
 
@@ -19,17 +20,6 @@ __all__ = ["ClientAPI"]
 logger = get_logger("flexllm")
 
 Reply = Union[str, ChatCompletionResult, Dict[str, Any]]
-
-
-def check_messages(messages: Any) -> List[dict]:
-    """`messages` if it is a non-empty list of message dicts, else a ValueError saying what is wrong."""
-    if not isinstance(messages, list) or not messages:
-        raise ValueError(f"messages must be a non-empty list of dicts like {{'role': 'user', 'content': '...'}}, "
-                         f"got {type(messages).__name__}")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m:
-            raise ValueError(f"messages[{i}] must be a dict with a 'role', got {type(m).__name__}")
-    return messages
 
 
 class ClientAPI:

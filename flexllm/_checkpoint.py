@@ -6,7 +6,6 @@ leaves half a line behind; `fsync` runs every `flush_interval` seconds and at cl
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, Dict, Iterator, Optional, Tuple
@@ -17,21 +16,15 @@ except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
 from ._logging import get_logger
+from ._record import DONE_STATUSES, decode
 from .errors import LLMError
 
 __all__ = ["Checkpoint", "OutputFileLockedError", "DONE_STATUSES"]
 
 logger = get_logger("flexllm")
 
-DONE_STATUSES = frozenset({"success", "cached"})
-
-
 class OutputFileLockedError(LLMError):
     """Another run is writing the same output file right now."""
-
-
-def _dumps(record: Dict[str, Any]) -> bytes:
-    return (json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str) + "\n").encode("utf-8")
 
 
 class Checkpoint:
@@ -92,7 +85,7 @@ class Checkpoint:
         seen: set = set()
         with open(self.path, "rb") as f:
             for raw, end in _lines_with_offsets(f):
-                record = _parse(raw)
+                record = decode(raw)
                 if record is None:
                     if raw.endswith(b"\n"):
                         logger.warning("%s: skipping an unreadable line at byte %d", self.path, end - len(raw))
@@ -135,11 +128,10 @@ class Checkpoint:
                              "(use another output_file, or delete it to start over)")
 
     # -- append --------------------------------------------------------------------------------------
-    def append(self, record: Dict[str, Any]) -> None:
-        """Hand one record to the OS at once (one whole-line write); fsync when flush_interval has passed."""
+    def append(self, data: bytes) -> None:
+        """Hand one encoded record (see `_record.encode`) to the OS at once; fsync when flush_interval has passed."""
         if self._fd is None:
             raise ValueError("checkpoint is closed")
-        data = _dumps(record)
         try:
             written = os.write(self._fd, data)
             while written < len(data):  # short writes are rare (disk full raises instead) but possible
@@ -171,7 +163,7 @@ class Checkpoint:
         latest: Dict[int, Tuple[bool, bytes]] = {}
         with open(self.path, "rb") as f:
             for raw, _ in _lines_with_offsets(f):
-                record = _parse(raw)
+                record = decode(raw)
                 if record is None:
                     continue
                 done = record.get("status") in DONE_STATUSES
@@ -194,13 +186,3 @@ def _lines_with_offsets(f) -> Iterator[Tuple[bytes, int]]:
         yield raw, offset
 
 
-def _parse(raw: bytes) -> Optional[Dict[str, Any]]:
-    if not raw.endswith(b"\n"):
-        return None  # torn write: never trust a line without its newline
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("index"), int):
-        return None
-    return record

@@ -15,11 +15,12 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from ._api import check_messages
 from ._checkpoint import Checkpoint, OutputFileLockedError
 from ._constants import BATCH_WINDOW_PER_WORKER
 from ._logging import get_logger
+from ._messages import check_messages
 from ._pipeline import result_from_cache
+from ._record import encode, to_item
 from .errors import QuotaExceededError
 from .progress import BatchProgress
 from .types import BatchResultItem, ChatCompletionResult
@@ -186,7 +187,7 @@ class BatchJob:
             meta = self._metadata(index)
             if checkpoint is not None and index in checkpoint.done:
                 checkpoint.check(index, messages)
-                yield self._resumed(index, checkpoint.done[index], meta), messages
+                yield to_item(checkpoint.done[index], meta), messages
                 continue
             try:
                 check_messages(messages)
@@ -262,24 +263,9 @@ class BatchJob:
                 if isinstance(value, int):
                     self.tokens[key] += value
         if checkpoint is not None and not item.resumed:
-            record: Dict[str, Any] = {"index": item.index, "status": item.status, "output": item.content,
-                                      "input": messages}
-            if item.metadata is not None:
-                record["metadata"] = item.metadata
-            record["usage"] = item.usage
-            record["latency"] = round(item.latency, 4)
-            if item.reasoning_content:
-                record["reasoning_content"] = item.reasoning_content
-            if item.error is not None:
-                record["error"] = item.error
-            checkpoint.append(record)
+            checkpoint.append(encode(item, messages))
         tokens = (item.usage or {}).get("total_tokens") or 0
         progress.advance(item.status, tokens if isinstance(tokens, int) else 0, item.resumed)
-
-    def _resumed(self, index: int, record: Dict[str, Any], meta: Optional[dict]) -> BatchResultItem:
-        return BatchResultItem(index, record.get("output"), record.get("usage"), record.get("status", "success"),
-                               None, float(record.get("latency") or 0.0),
-                               record.get("metadata", meta), record.get("reasoning_content"), resumed=True)
 
     def _metadata(self, index: int) -> Optional[dict]:
         if self.metadata_list is None:

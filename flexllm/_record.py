@@ -1,0 +1,89 @@
+"""The batch output record: the one place that writes and reads a line of an output file.
+
+A record is one JSON object per line, keys in the order of `FIELDS` (compatible with flexllm 0.2 files):
+`{"index", "status", "output", "input", "metadata"?, "usage", "latency", "reasoning_content"?, "error"?}`.
+Adding a field is one line in `FIELDS` (plus the attribute on `BatchResultItem`).
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Dict, Optional, Tuple
+
+from .types import BatchResultItem
+
+__all__ = ["DONE_STATUSES", "FIELDS", "STATUSES", "decode", "encode", "is_record", "to_item", "torn_tail_is_ours"]
+
+STATUSES = frozenset({"success", "cached", "error"})
+#: statuses whose item is finished: a rerun does not ask again
+DONE_STATUSES = frozenset({"success", "cached"})
+
+#: (record key, BatchResultItem attribute or None for the item's input messages, written even when None)
+FIELDS: Tuple[Tuple[str, Optional[str], bool], ...] = (
+    ("index", "index", True),
+    ("status", "status", True),
+    ("output", "content", True),
+    ("input", None, True),
+    ("metadata", "metadata", False),
+    ("usage", "usage", True),
+    ("latency", "latency", True),
+    ("reasoning_content", "reasoning_content", False),
+    ("error", "error", False),
+)
+
+# a line cut by a crash mid-write starts like one of ours (or is a prefix of that start)
+_START = b'{"index":'
+_TORN = re.compile(rb'\{"index":\s*\d')
+
+
+def encode(item: BatchResultItem, messages: Any) -> bytes:
+    """One whole line (ending in a newline) for `item`, whose input was `messages`."""
+    record: Dict[str, Any] = {}
+    for key, attr, always in FIELDS:
+        value = messages if attr is None else getattr(item, attr)
+        if value is not None or always:
+            record[key] = value
+    record["latency"] = round(item.latency or 0.0, 4)
+    return dumps(record)
+
+
+def dumps(record: Dict[str, Any]) -> bytes:
+    """A record as one line of UTF-8 JSON; a lone surrogate (not valid Unicode) is kept as a `\\udXXX` escape."""
+    try:
+        text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
+        return (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str) + "\n").encode("ascii")
+
+
+def is_record(obj: Any) -> bool:
+    """True when a decoded JSON value has the shape of one of our records."""
+    if not isinstance(obj, dict):
+        return False
+    index = obj.get("index")
+    return type(index) is int and index >= 0 and obj.get("status") in STATUSES
+
+
+def decode(raw: bytes) -> Optional[Dict[str, Any]]:
+    """The record on a complete line (ending in a newline), or None when the line is not one of ours."""
+    if not raw.endswith(b"\n"):
+        return None  # torn write: never trust a line without its newline
+    try:
+        record = json.loads(raw)
+    except ValueError:  # includes UnicodeDecodeError
+        return None
+    return record if is_record(record) else None
+
+
+def torn_tail_is_ours(tail: bytes) -> bool:
+    """True when an unterminated last line looks like our record cut by a crash (not someone else's text)."""
+    return _START.startswith(tail) or bool(_TORN.match(tail))
+
+
+def to_item(record: Dict[str, Any], metadata: Optional[dict] = None) -> BatchResultItem:
+    """The `BatchResultItem` of a record read back from the file (a resumed item)."""
+    values = {attr: record.get(key) for key, attr, _ in FIELDS if attr is not None}
+    values["latency"] = float(values["latency"] or 0.0)
+    if "metadata" not in record:
+        values["metadata"] = metadata
+    return BatchResultItem(**values, resumed=True)
