@@ -14,6 +14,7 @@ import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import __version__
+from .providers import names as provider_names
 
 __all__ = ["main"]
 
@@ -38,8 +39,9 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection (flags win over environment variables)")
     g.add_argument("--model", help="model name (env FLEXLLM_MODEL)")
     g.add_argument("--base-url", help="API base URL, e.g. http://localhost:8000/v1 (env FLEXLLM_BASE_URL, OPENAI_BASE_URL)")
-    g.add_argument("--api-key", help="API key (env FLEXLLM_API_KEY, OPENAI_API_KEY; never printed)")
-    g.add_argument("--provider", choices=("auto", "openai", "gemini"), default="auto", help="default: auto")
+    g.add_argument("--api-key", help="API key (env: the provider's own, e.g. ANTHROPIC_API_KEY, GEMINI_API_KEY, "
+                                     "OPENAI_API_KEY for api.openai.com; then FLEXLLM_API_KEY; never printed)")
+    g.add_argument("--provider", choices=("auto",) + provider_names(), default="auto", help="default: auto")
     g.add_argument("--retries", type=int, default=3, help="retries after the first attempt (default 3)")
     g.add_argument("--timeout", type=float, default=120.0, help="request timeout in seconds (default 120)")
     g.add_argument("--temperature", type=float, help="sampling temperature")
@@ -152,7 +154,7 @@ def _client(args: argparse.Namespace, **extra: Any):
     if not model:
         raise UsageError("no model: pass --model or set FLEXLLM_MODEL")
     base_url = args.base_url or _env("FLEXLLM_BASE_URL", "OPENAI_BASE_URL")
-    api_key = args.api_key or _env("FLEXLLM_API_KEY", "OPENAI_API_KEY") or "EMPTY"
+    api_key = args.api_key  # None: the provider reads its own environment variable, then FLEXLLM_API_KEY
     try:
         return LLMClient(model=model, base_url=base_url, api_key=api_key, provider=args.provider,
                          retry_times=args.retries, timeout=args.timeout, **extra)

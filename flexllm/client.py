@@ -5,7 +5,6 @@ from `ClientAPI`. One client may be shared by all threads of a web server.
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
@@ -13,15 +12,13 @@ from ._api import ClientAPI
 from ._constants import DEFAULT_CONCURRENCY, DEFAULT_RETRY_DELAY, DEFAULT_RETRY_TIMES, DEFAULT_TIMEOUT
 from ._pipeline import Outcome, Pipeline
 from .config import ResponseCacheConfig
+from .providers import registry
 from .providers.base import ProviderAdapter
-from .providers.gemini import GeminiAdapter, detect_gemini
-from .providers.openai import OpenAIAdapter, split_thoughts
+from .providers.openai import split_thoughts
+from .providers.registry import make_adapter
 from .types import StreamEvent
 
 __all__ = ["GeminiClient", "LLMClient", "OpenAIClient"]
-
-PROVIDERS = ("auto", "openai", "gemini")
-
 
 class _BaseClient(ClientAPI):
     """A client over one provider adapter; see `LLMClient` for the parameters."""
@@ -42,7 +39,7 @@ class _BaseClient(ClientAPI):
 
     @property
     def provider(self) -> str:
-        """The provider adapter's name: "openai" or "gemini"."""
+        """The provider adapter's registered name ("openai", "gemini", "anthropic", …)."""
         return self.adapter.name
 
     def _complete(self, messages: List[dict], model: str, params: Dict[str, Any], *, skip_cache: bool,
@@ -65,28 +62,6 @@ class _BaseClient(ClientAPI):
         return f"{type(self).__name__}(provider={self.provider!r}, model={self.model!r})"
 
 
-def _openai_adapter(base_url: Optional[str], api_key: Optional[str], thinking: Any,
-                    default_headers: Optional[Mapping[str, str]]) -> OpenAIAdapter:
-    return OpenAIAdapter(base_url=base_url or "", api_key=api_key, thinking=thinking, default_headers=default_headers)
-
-
-def _gemini_adapter(*, api_key: Optional[str], base_url: Optional[str], project_id: Optional[str], location: str,
-                    use_vertex_ai: bool, access_token: Optional[str], credentials: Any, thinking: Any) -> ProviderAdapter:
-    from .providers.vertex_auth import VertexTokenProvider
-
-    if api_key in (None, "", "EMPTY") and not use_vertex_ai:
-        api_key = os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
-    token_provider = None
-    if use_vertex_ai:
-        if not project_id:
-            project_id = os.environ.get("GOOGLE_CLOUD_PROJECT")
-        if not project_id:
-            raise ValueError("Vertex AI needs project_id= (or GOOGLE_CLOUD_PROJECT)")
-        token_provider = VertexTokenProvider(access_token=access_token, credentials=credentials)
-    return GeminiAdapter(api_key=api_key, base_url=base_url, project_id=project_id, location=location,
-                         use_vertex_ai=use_vertex_ai, token_provider=token_provider, thinking=thinking)
-
-
 class OpenAIClient(_BaseClient):
     """Client for any OpenAI-compatible server (OpenAI, DeepSeek, Qwen, vLLM, SGLang, Ollama, …).
 
@@ -102,7 +77,9 @@ class OpenAIClient(_BaseClient):
                  retry_times: int = DEFAULT_RETRY_TIMES, retry_delay: float = DEFAULT_RETRY_DELAY,
                  timeout: float = DEFAULT_TIMEOUT, default_headers: Optional[Mapping[str, str]] = None,
                  **options: Any) -> None:
-        super().__init__(_openai_adapter(base_url, api_key, thinking, default_headers), model=model, cache=cache,
+        adapter = make_adapter("openai", base_url=base_url, api_key=api_key, model=model, thinking=thinking,
+                               default_headers=default_headers)
+        super().__init__(adapter, model=model, cache=cache,
                          concurrency_limit=concurrency_limit, max_qps=max_qps, retry_times=retry_times,
                          retry_delay=retry_delay, timeout=timeout, **options)
 
@@ -133,16 +110,17 @@ class GeminiClient(_BaseClient):
                  concurrency_limit: int = DEFAULT_CONCURRENCY, max_qps: Optional[float] = None,
                  retry_times: int = DEFAULT_RETRY_TIMES, retry_delay: float = DEFAULT_RETRY_DELAY,
                  timeout: float = DEFAULT_TIMEOUT, **options: Any) -> None:
-        adapter = _gemini_adapter(api_key=api_key, base_url=base_url, project_id=project_id, location=location,
-                                  use_vertex_ai=use_vertex_ai, access_token=access_token, credentials=credentials,
-                                  thinking=thinking)
+        adapter = make_adapter("gemini", api_key=api_key, base_url=base_url, model=model, thinking=thinking,
+                               project_id=project_id, location=location, use_vertex_ai=use_vertex_ai,
+                               access_token=access_token, credentials=credentials)
         super().__init__(adapter, model=model, cache=cache, concurrency_limit=concurrency_limit, max_qps=max_qps,
                          retry_times=retry_times, retry_delay=retry_delay, timeout=timeout, **options)
 
 
-def detect_provider(base_url: Optional[str], model: Optional[str], use_vertex_ai: bool = False) -> str:
-    """"gemini" for Google endpoints / `gemini-*` models without a base_url, else "openai"."""
-    return "gemini" if use_vertex_ai or detect_gemini(base_url, model) else "openai"
+def detect_provider(base_url: Optional[str], model: Optional[str], use_vertex_ai: bool = False,
+                    api_key: Optional[str] = None) -> str:
+    """The provider `provider="auto"` picks (the registry's detection rules; "openai" when none matches)."""
+    return registry.detect(base_url, model, api_key, {"use_vertex_ai": use_vertex_ai})
 
 
 class LLMClient(_BaseClient):
@@ -164,19 +142,13 @@ class LLMClient(_BaseClient):
                  thinking: Any = None, project_id: Optional[str] = None, location: str = "us-central1",
                  use_vertex_ai: bool = False, access_token: Optional[str] = None, credentials: Any = None,
                  default_headers: Optional[Mapping[str, str]] = None, **options: Any) -> None:
-        if provider not in PROVIDERS:
-            raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
         if provider == "auto":
-            provider = detect_provider(base_url, model, use_vertex_ai)
-        if provider == "gemini":
-            adapter = _gemini_adapter(api_key=api_key, base_url=base_url, project_id=project_id, location=location,
-                                      use_vertex_ai=use_vertex_ai, access_token=access_token,
-                                      credentials=credentials, thinking=thinking)
-        else:
-            if not base_url:
-                raise ValueError("base_url is required for an OpenAI-compatible provider, "
-                                 "e.g. LLMClient(model='gpt-4o', base_url='https://api.openai.com/v1')")
-            adapter = _openai_adapter(base_url, api_key, thinking, default_headers)
+            provider = detect_provider(base_url, model, use_vertex_ai, api_key)
+        elif provider not in registry.names():
+            raise ValueError(f"provider must be one of {('auto',) + registry.names()}, got {provider!r}")
+        adapter = make_adapter(provider, base_url=base_url, api_key=api_key, model=model, thinking=thinking,
+                               default_headers=default_headers, project_id=project_id, location=location,
+                               use_vertex_ai=use_vertex_ai, access_token=access_token, credentials=credentials)
         super().__init__(adapter, model=model, cache=cache, concurrency_limit=concurrency_limit, max_qps=max_qps,
                          retry_times=retry_times, retry_delay=retry_delay, timeout=timeout, **options)
 

@@ -79,8 +79,8 @@ class LLMClientPool(ClientAPI):
 
     @staticmethod
     def _make_client(i: int, endpoint: dict, *, model: Optional[str], **defaults: Any) -> LLMClient:
-        if not isinstance(endpoint, dict) or "base_url" not in endpoint and endpoint.get("provider") != "gemini":
-            raise ValueError(f"endpoints[{i}] must be a dict with at least base_url")
+        if not isinstance(endpoint, dict):
+            raise ValueError(f"endpoints[{i}] must be a dict with at least base_url (or a provider that needs none)")
         unknown = set(endpoint) - _ENDPOINT_KEYS
         if unknown:
             raise ValueError(f"endpoints[{i}] has unknown keys {sorted(unknown)}; known: {sorted(_ENDPOINT_KEYS)}")
@@ -91,8 +91,11 @@ class LLMClientPool(ClientAPI):
         chosen = endpoint.get("model") or model
         if not chosen:
             raise ValueError(f"endpoints[{i}] has no model and the pool was given none")
-        return LLMClient(model=chosen, base_url=endpoint.get("base_url"), api_key=endpoint.get("api_key", "EMPTY"),
-                         provider=endpoint.get("provider", "auto"), **options)
+        try:  # the provider registry decides whether this endpoint needs a base_url
+            return LLMClient(model=chosen, base_url=endpoint.get("base_url"), api_key=endpoint.get("api_key", "EMPTY"),
+                             provider=endpoint.get("provider", "auto"), **options)
+        except ValueError as exc:
+            raise ValueError(f"endpoints[{i}]: {exc}") from None
 
     @property
     def clients(self) -> Sequence[_BaseClient]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from ._common import Turn, bearer, pieces, sse, words
 from ._directives import strip
-from ._openai import pieces, words
+
+__all__ = ["api_key", "error_body", "is_stream", "matches", "reply", "route", "stream", "texts"]
 
 PATH = re.compile(r"^/(?:v1beta|v1)/(?:projects/[^/]+/locations/[^/]+/publishers/google/)?models/"
                   r"([^/:]+):(generateContent|streamGenerateContent)")
@@ -19,6 +21,21 @@ def route(path: str) -> Optional[Tuple[str, bool]]:
     if not m:
         return None
     return m.group(1), m.group(2) == "streamGenerateContent"
+
+
+def matches(path: str) -> bool:
+    """Whether `path` is this dialect's endpoint."""
+    return route(path) is not None
+
+
+def is_stream(path: str, body: Dict[str, Any]) -> bool:
+    r = route(path)
+    return bool(r and r[1])
+
+
+def api_key(headers: Any) -> str:
+    """The key the client sent (x-goog-api-key, or a Vertex bearer token)."""
+    return headers.get("x-goog-api-key") or bearer(headers)
 
 
 def _parts_text(parts: Any) -> str:
@@ -73,8 +90,26 @@ def wants_thoughts(body: Dict[str, Any]) -> bool:
     return bool(cfg.get("includeThoughts"))
 
 
-def reply(body: Dict[str, Any], seq: int, model: str, answer: str, reasoning: Optional[str], finish: str,
-          block: Optional[str]) -> Dict[str, Any]:
+def _reasoning(turn: Turn) -> Optional[str]:
+    return turn.thought() if ("think" in turn.directives or wants_thoughts(turn.body)) else None
+
+
+def reply(turn: Turn) -> Dict[str, Any]:
+    """The JSON of a non-streamed reply (`block` directive: a prompt blocked by safety filters)."""
+    model = (route(turn.path) or ("", False))[0]
+    return _reply(turn.body, turn.seq, model, turn.answer, _reasoning(turn), turn.directives.get("finish", "STOP"),
+                  turn.directives.get("block"))
+
+
+def stream(turn: Turn) -> Iterator[bytes]:
+    """The SSE frames of a streamed reply (no end marker: the last chunk carries finishReason)."""
+    model = (route(turn.path) or ("", False))[0]
+    yield from sse(stream_events(turn.body, turn.seq, model, turn.answer, _reasoning(turn),
+                                 turn.directives.get("finish", "STOP"), turn.truncate), sep=b"\r\n\r\n")
+
+
+def _reply(body: Dict[str, Any], seq: int, model: str, answer: str, reasoning: Optional[str], finish: str,
+           block: Optional[str]) -> Dict[str, Any]:
     if block:
         return {"promptFeedback": {"blockReason": block}, "usageMetadata": _usage(body, "", None),
                 "modelVersion": model, "responseId": f"mock-{seq}"}

@@ -4,10 +4,27 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from ._common import Turn, bearer, pieces, sse, words
 from ._directives import strip
+
+__all__ = ["api_key", "error_body", "is_stream", "matches", "pieces", "reply", "stream", "texts", "words"]
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 429: "rate_limit_error"}
+
+
+def matches(path: str) -> bool:
+    """Whether `path` is this dialect's endpoint."""
+    return path.startswith("/v1/chat/completions")
+
+
+def is_stream(path: str, body: Dict[str, Any]) -> bool:
+    return bool(body.get("stream"))
+
+
+def api_key(headers: Any) -> str:
+    """The key the client sent (Bearer, or Azure's api-key header)."""
+    return bearer(headers) or headers.get("api-key", "")
 
 
 def _text_of(content: Any) -> str:
@@ -27,10 +44,6 @@ def texts(body: Dict[str, Any]) -> Tuple[str, str]:
         if isinstance(m, dict) and m.get("role") == "user":
             last = _text_of(m.get("content"))
     return all_text, last
-
-
-def words(text: str) -> int:
-    return len(text.split())
 
 
 def error_body(status: int, message: str, quota: bool = False, **_: Any) -> Dict[str, Any]:
@@ -64,26 +77,33 @@ def usage(body: Dict[str, Any], answer: str, reasoning: Optional[str], n: int = 
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def reply(body: Dict[str, Any], seq: int, answer: str, reasoning: Optional[str], think: Optional[str],
-          finish: str) -> Dict[str, Any]:
+def _reasoning(turn: Turn) -> Tuple[Optional[str], Optional[str]]:
+    think = turn.directives.get("think")
+    return (turn.thought() if think else None), think
+
+
+def reply(turn: Turn) -> Dict[str, Any]:
+    """The JSON of a non-streamed reply."""
+    reasoning, think = _reasoning(turn)
+    return _reply(turn.body, turn.seq, turn.answer, reasoning, think, turn.directives.get("finish", "stop"))
+
+
+def stream(turn: Turn) -> Iterator[bytes]:
+    """The SSE frames of a streamed reply, ending with `data: [DONE]` unless truncated."""
+    reasoning, think = _reasoning(turn)
+    yield from sse(stream_events(turn.body, turn.seq, turn.answer, reasoning, think,
+                                 turn.directives.get("finish", "stop"), turn.truncate))
+    if not turn.truncate:
+        yield b"data: [DONE]\n\n"
+
+
+def _reply(body: Dict[str, Any], seq: int, answer: str, reasoning: Optional[str], think: Optional[str],
+           finish: str) -> Dict[str, Any]:
     n = max(1, int(body.get("n") or 1))
     choices = [{"index": i, "message": _message(answer, reasoning, think), "finish_reason": finish}
                for i in range(n)]
     return {"id": f"chatcmpl-mock-{seq}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model"), "choices": choices, "usage": usage(body, answer, reasoning, n)}
-
-
-def pieces(text: str) -> List[str]:
-    """Split text into word-ish pieces whose concatenation is exactly `text`."""
-    out: List[str] = []
-    start = 0
-    for i, ch in enumerate(text):
-        if ch == " " and i > start:
-            out.append(text[start:i])
-            start = i
-    if start < len(text):
-        out.append(text[start:])
-    return out
 
 
 def stream_events(body: Dict[str, Any], seq: int, answer: str, reasoning: Optional[str], think: Optional[str],

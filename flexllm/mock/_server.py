@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import random
 import socket
@@ -9,27 +10,24 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, Iterable, List, Optional
+from types import ModuleType
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from .._logging import get_logger
-from . import _gemini, _openai
+from ._common import Turn
 from ._directives import Rule, collect, strip
 
 __all__ = ["MockServer", "RecordedRequest"]
 
 logger = get_logger(__name__)
 
-_SECRET_NAMES = ("authorization", "x-goog-api-key", "api-key")
+_SECRET_NAMES = ("authorization", "x-goog-api-key", "api-key", "x-api-key")
 
 
 def _redact(name: str, value: str) -> str:
     if name in _SECRET_NAMES or "key" in name or "token" in name:
         return "<redacted sha256:%s>" % hashlib.sha256(value.encode()).hexdigest()[:8]
     return value
-
-
-def _secret_of(value: str) -> str:
-    return value[7:] if value.lower().startswith("bearer ") else value
 
 
 @dataclass
@@ -141,14 +139,13 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
-        gemini = _gemini.route(path)
         headers = {k.lower(): _redact(k.lower(), v) for k, v in self.headers.items()}
         rec = RecordedRequest(arrived, "POST", path, headers, body, mock._attempt(path, raw))
         mock._record(rec)
-        if gemini is None and not path.startswith("/v1/chat/completions"):
+        dialect = dialect_for(path)
+        if dialect is None:
             rec.status = 404
             return self._send_json(404, {"error": {"message": f"no route for POST {path}"}})
-        dialect = _gemini if gemini else _openai
         if not isinstance(body, dict):
             rec.status = 400
             return self._send_json(400, dialect.error_body(400, "request body is not a JSON object"))
@@ -156,11 +153,9 @@ class _Handler(BaseHTTPRequestHandler):
         d = collect(mock._rules_snapshot(), all_text, path)
         attempt_ok = "times" not in d or rec.attempt <= int(d["times"])
 
-        if mock.require_key is not None:
-            given = self.headers.get("x-goog-api-key") or _secret_of(self.headers.get("Authorization", ""))
-            if given != mock.require_key:
-                rec.status, rec.fault = 401, "auth"
-                return self._send_json(401, dialect.error_body(401, "mock: invalid API key"))
+        if mock.require_key is not None and dialect.api_key(self.headers) != mock.require_key:
+            rec.status, rec.fault = 401, "auth"
+            return self._send_json(401, dialect.error_body(401, "mock: invalid API key"))
 
         latency = float(d["latency"]) if "latency" in d else mock._latency()
         if latency > 0:
@@ -188,33 +183,40 @@ class _Handler(BaseHTTPRequestHandler):
             rec.status, rec.fault = 200, "malformed"
             return self._send_json(200, b'{"id": "mock", "choices": [{"message": ')
 
-        answer = d.get("reply", "echo: " + strip(last_user).strip())
-        seq = mock._next_seq()
-        truncate = bool(attempt_ok and d.get("truncate"))
+        last = strip(last_user).strip()
+        turn = Turn(body, path, mock._next_seq(), d.get("reply", "echo: " + last), last, d,
+                    truncate=bool(attempt_ok and d.get("truncate")))
         rec.status = 200
-        rec.fault = "truncate" if truncate else None
-        if gemini:
-            model, streaming = gemini
-            reasoning = ("thinking about: " + strip(last_user).strip()) \
-                if ("think" in d or _gemini.wants_thoughts(body)) else None
-            finish = d.get("finish", "STOP")
-            if streaming:
-                events = _gemini.stream_events(body, seq, model, answer, reasoning, finish, truncate)
-                return self._send_sse(b"data: " + json.dumps(e).encode() + b"\r\n\r\n" for e in events)
-            return self._send_json(200, _gemini.reply(body, seq, model, answer, reasoning, finish, d.get("block")))
-        think = d.get("think")
-        reasoning = ("thinking about: " + strip(last_user).strip()) if think else None
-        finish = d.get("finish", "stop")
-        if body.get("stream"):
-            events = _openai.stream_events(body, seq, answer, reasoning, think, finish, truncate)
-            frames = (b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
-            return self._send_sse(frames if truncate else _then_done(frames))
-        self._send_json(200, _openai.reply(body, seq, answer, reasoning, think, finish))
+        rec.fault = "truncate" if turn.truncate else None
+        if dialect.is_stream(path, body):
+            return self._send_sse(dialect.stream(turn))
+        self._send_json(200, dialect.reply(turn))
 
 
-def _then_done(frames: Iterable[bytes]) -> Iterable[bytes]:
-    yield from frames
-    yield b"data: [DONE]\n\n"
+def _dialects() -> Tuple[ModuleType, ...]:
+    """The dialect module of every registered provider that has one (`flexllm.mock._<name>`)."""
+    from .. import providers
+
+    found = []
+    for name in providers.names():
+        try:
+            found.append(importlib.import_module(f"{__package__}._{name}"))
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}._{name}":
+                raise
+    return tuple(found)
+
+
+#: the dispatch table: each dialect module says which paths it answers (`matches(path)`)
+DIALECTS = _dialects()
+
+
+def dialect_for(path: str) -> Optional[ModuleType]:
+    """The dialect module that answers POST `path`, or None (404)."""
+    for dialect in DIALECTS:
+        if dialect.matches(path):
+            return dialect
+    return None
 
 
 class MockServer:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import os
 import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
@@ -10,6 +11,7 @@ from urllib.parse import urlsplit
 from ..errors import APIStatusError, ContentBlockedError, QuotaExceededError, ResponseParseError, status_error_class
 from ..types import ChatCompletionResult, StreamEvent
 from .base import LIBRARY_KWARGS, ProviderAdapter, RequestSpec, decode_sse_json
+from .registry import Provider, register
 
 __all__ = ["GeminiAdapter", "detect_gemini", "gemini_thinking_config"]
 
@@ -351,3 +353,27 @@ class GeminiAdapter(ProviderAdapter):
         if self._api_key and len(self._api_key) >= 4:
             text = text.replace(self._api_key, "***")
         return text
+
+
+def _make_adapter(*, base_url: Optional[str], api_key: Optional[str], model: Optional[str] = None, thinking: Any = None,
+                  default_headers: Optional[Mapping[str, str]] = None, project_id: Optional[str] = None,
+                  location: str = "us-central1", use_vertex_ai: bool = False, access_token: Optional[str] = None,
+                  credentials: Any = None) -> GeminiAdapter:
+    token_provider = None
+    if use_vertex_ai:
+        from .vertex_auth import VertexTokenProvider
+
+        project_id = project_id or os.environ.get("GOOGLE_CLOUD_PROJECT")
+        if not project_id:
+            raise ValueError("Vertex AI needs project_id= (or GOOGLE_CLOUD_PROJECT)")
+        token_provider = VertexTokenProvider(access_token=access_token, credentials=credentials)
+        api_key = None  # Vertex authenticates with a bearer token, never an API key
+    return GeminiAdapter(api_key=api_key, base_url=base_url, project_id=project_id, location=location,
+                         use_vertex_ai=use_vertex_ai, token_provider=token_provider, thinking=thinking)
+
+
+register(Provider("gemini", _make_adapter, hosts=GOOGLE_HOSTS, model_prefixes=("gemini",), key_prefixes=("AIza",),
+                  env_keys=("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+                  options=("project_id", "location", "use_vertex_ai", "access_token", "credentials"),
+                  triggers=("use_vertex_ai",), exclusive_params=(NATIVE - {"logprobs"}) | {
+                      "safetySettings", "safety_settings", "generationConfig", "toolConfig", "cachedContent"}))

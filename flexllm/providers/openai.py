@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from ..errors import APIStatusError, QuotaExceededError, ResponseParseError, status_error_class
 from ..types import ChatCompletionResult, StreamEvent
 from .base import LIBRARY_KWARGS, ProviderAdapter, RequestSpec, decode_sse_json
+from .registry import Provider, foreign_params, register
 
 __all__ = ["OpenAIAdapter", "endpoint_kind", "split_thoughts", "thinking_params"]
 
@@ -91,6 +92,9 @@ class OpenAIAdapter(ProviderAdapter):
 
     def build_request(self, messages: List[dict], model: str, params: Dict[str, Any], *,
                       stream: bool = False) -> RequestSpec:
+        foreign = foreign_params(self.name, params)
+        if foreign:
+            raise ValueError(f"OpenAI-compatible servers do not take {foreign} (another provider's parameters)")
         body: Dict[str, Any] = {"model": model, "messages": messages}
         for key, value in params.items():
             if key not in _OMIT:
@@ -190,3 +194,17 @@ def _error_text(body: Any) -> "tuple[str, Optional[str]]":
             return str(body["detail"])[:_MAX_ERROR_TEXT], None
     text = body if isinstance(body, str) else json.dumps(body, default=str)
     return (text.strip()[:_MAX_ERROR_TEXT] or "(empty body)"), None
+
+
+def _make_adapter(*, base_url: Optional[str], api_key: Optional[str], model: Optional[str] = None, thinking: Any = None,
+                  default_headers: Optional[Mapping[str, str]] = None) -> OpenAIAdapter:
+    if not base_url:
+        raise ValueError("base_url is required for an OpenAI-compatible provider, "
+                         "e.g. LLMClient(model='gpt-4o', base_url='https://api.openai.com/v1')")
+    return OpenAIAdapter(base_url=base_url, api_key=api_key, thinking=thinking, default_headers=default_headers)
+
+
+# the fallback: any server not recognised as another provider speaks the OpenAI dialect; OPENAI_API_KEY
+# is read for OpenAI's own hosts only (a DeepSeek or vLLM server never receives it)
+register(Provider("openai", _make_adapter, hosts=("openai.com", "openai.azure.com"), env_keys=("OPENAI_API_KEY",),
+                  env_keys_own_hosts_only=True, fallback=True))
