@@ -19,6 +19,7 @@ from .errors import (
                      QuotaExceededError,
                      RateLimitError,
                      ResponseParseError,
+                     ResponseValidationError,
                      ServerError,
                      StreamTruncatedError,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "RateLimitError",
     "ResponseCacheConfig",
     "ResponseParseError",
+    "ResponseValidationError",
     "ServerError",
     "StreamTruncatedError",
     "count_messages_tokens",

@@ -72,12 +72,18 @@ class ClientAPI:
 
         Raises a typed `LLMError` when the request fails after retries. Raw replies are always live
         (the cache stores results, not the provider's bytes), but they still fill the cache.
+        `response_format=` a Pydantic model class returns the validated model instance (`.parsed` of the
+        result with return_usage); a JSON Schema dict is validated too and the text returned as usual.
         """
         outcome = self._complete(check_messages(messages), self._model(model), kwargs, skip_cache=skip_cache,
                                  read_cache=not return_raw)
         if return_raw:
             return outcome.raw if outcome.raw is not None else {}
-        return outcome.result if return_usage else outcome.result.content
+        if return_usage:
+            return outcome.result
+        if isinstance(kwargs.get("response_format"), type):
+            return outcome.result.parsed
+        return outcome.result.content
 
     async def chat_completions(self, messages: List[dict], model: Optional[str] = None, return_raw: bool = False,
                                return_usage: bool = False, skip_cache: bool = False, **kwargs: Any) -> Reply:

@@ -14,17 +14,18 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 
 from ._logging import get_logger
 from .config import ResponseCacheConfig
-from .errors import LLMError, ResponseParseError, StreamTruncatedError
+from .errors import LLMError, ResponseParseError, ResponseValidationError, StreamTruncatedError
 from .http import Transport
 from .providers.base import ProviderAdapter, RequestSpec
 from .ratelimit import TokenBucket
 from .retry import RetryPolicy, is_retryable
+from .structured import ResponseSchema, prepare
 from .types import ChatCompletionResult, StreamEvent
 
 if TYPE_CHECKING:
     from .cache import ResponseCache
 
-__all__ = ["Outcome", "Pipeline"]
+__all__ = ["Outcome", "Pipeline", "add_usage", "wire_params"]
 
 logger = get_logger("flexllm")
 
@@ -58,6 +59,27 @@ def cache_entry(result: ChatCompletionResult) -> dict:
     """The JSON-able cache value of a result (never any request data or secret)."""
     return {"content": result.content, "usage": result.usage, "reasoning_content": result.reasoning_content,
             "tool_calls": result.tool_calls, "finish_reason": result.finish_reason}
+
+
+def wire_params(params: Dict[str, Any]) -> Dict[str, Any]:
+    """`params` with a schema response_format in its wire form (what the adapter and the cache key see)."""
+    if "response_format" in params:
+        return prepare(params)[0]
+    return params
+
+
+def add_usage(total: Optional[dict], usage: Optional[dict]) -> Optional[dict]:
+    """Token counts of two replies added up (numeric fields only); either may be None."""
+    if not total:
+        return dict(usage) if usage else total
+    if not usage:
+        return total
+    out = dict(total)
+    for k, v in usage.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            prev = out.get(k)
+            out[k] = (prev if isinstance(prev, (int, float)) else 0) + v
+    return out
 
 
 class Pipeline:
@@ -107,7 +129,7 @@ class Pipeline:
         cache = self.cache
         if cache is None:
             return [None] * len(requests)
-        keys = [self.cache_key(m, model, p) for m, model, p in requests]
+        keys = [self.cache_key(m, model, wire_params(p)) for m, model, p in requests]
         hits = cache.get_many(keys)
         return [hits.get(k) for k in keys]
 
@@ -117,8 +139,15 @@ class Pipeline:
         """One reply, from the cache or the provider (with retries). Raises a typed LLMError on failure.
 
         `token_taken`: the caller (a pool) already took this request's first rate-limit token.
+        With a schema `response_format` the reply is validated (`result.parsed`); an invalid reply is asked
+        again — a new request with its own transport retries — up to `validation_retries` times, never
+        cached, and counted in `attempts` and in the usage paid.
         """
         started = time.perf_counter()
+        schema = None
+        reasks = 0
+        if "response_format" in params or "validation_retries" in params:
+            params, schema, reasks = prepare(params)
         cache = None if skip_cache else self.cache
         key = None
         if cache is not None:
@@ -126,7 +155,9 @@ class Pipeline:
             if read_cache:
                 entry = cache.get(key)
                 if entry is not None:
-                    return Outcome(result_from_cache(entry), None, True, 0, time.perf_counter() - started)
+                    result = result_from_cache(entry)
+                    if schema is None or self._parsed(result, schema, model, quiet=True):
+                        return Outcome(result, None, True, 0, time.perf_counter() - started)
         spec = self.adapter.build_request(messages, model, params)
         attempts = 0
 
@@ -135,14 +166,44 @@ class Pipeline:
             attempts += 1
             return self._attempt(spec, model, take_token=attempts > 1 or not token_taken)
 
+        paid: Optional[dict] = None
         try:
-            result, raw = self.retry.call(attempt)
+            while True:
+                result, raw = self.retry.call(attempt)
+                if schema is None:
+                    break
+                paid = add_usage(paid, result.usage)
+                try:
+                    self._parsed(result, schema, model)
+                    break
+                except ResponseValidationError as exc:
+                    if reasks <= 0:
+                        raise
+                    reasks -= 1
+                    logger.warning("asking again (%d left): %s", reasks, exc.message)
         except LLMError as exc:
             exc.attempts = attempts  # type: ignore[attr-defined]  # the batch summary counts retries
             raise
+        if paid is not None:
+            result.usage = paid  # every re-ask was paid for
         if key is not None:
             cache.set(key, cache_entry(result))
         return Outcome(result, raw, False, attempts, time.perf_counter() - started)
+
+    def _parsed(self, result: ChatCompletionResult, schema: ResponseSchema, model: str, quiet: bool = False) -> bool:
+        """Fill `result.parsed` from its content; False (quiet) or ResponseValidationError when it does not fit.
+
+        A turn that only calls tools carries no answer to validate.
+        """
+        if result.tool_calls and not result.content:
+            return True
+        try:
+            result.parsed = schema.parse(result.content, provider=self.adapter.name, model=model)
+        except ResponseValidationError:
+            if quiet:
+                return False
+            raise
+        return True
 
     def _attempt(self, spec: RequestSpec, model: str, take_token: bool = True) -> Tuple[ChatCompletionResult, dict]:
         request = self.transport.prepare(spec)
@@ -165,7 +226,11 @@ class Pipeline:
     # -- streaming -----------------------------------------------------------------------------------
     def stream(self, messages: List[dict], model: str, params: Dict[str, Any], *,
                skip_cache: bool = False, token_taken: bool = False) -> Iterator[StreamEvent]:
-        """Events of one streamed reply. Retries happen only before the first event is yielded."""
+        """Events of one streamed reply. Retries happen only before the first event is yielded.
+
+        A schema `response_format` is sent in its wire form; streamed text is not validated.
+        """
+        params = wire_params(params)
         cache = None if skip_cache else self.cache
         key = None
         if cache is not None:

@@ -12,7 +12,8 @@
     │   └── ServerError               5xx
     ├── ResponseParseError            a 2xx whose body is not what the provider promises
     │   └── StreamTruncatedError      a stream that ended before its end marker
-    └── ContentBlockedError           the provider refused the prompt or the reply (safety)
+    ├── ContentBlockedError           the provider refused the prompt or the reply (safety)
+    └── ResponseValidationError       the reply does not match the requested response schema (after re-asks)
 
 Every error names the provider and model and carries the server's own message. None ever holds an
 API key: messages are built from the response body and our own words, never from request headers.
@@ -33,6 +34,7 @@ __all__ = [
     "QuotaExceededError",
     "RateLimitError",
     "ResponseParseError",
+    "ResponseValidationError",
     "ServerError",
     "StreamTruncatedError",
     "status_error_class",
@@ -127,6 +129,20 @@ class ContentBlockedError(LLMError):
     def __init__(self, message: str, *, reason: Optional[str] = None, provider: Optional[str] = None,
                  model: Optional[str] = None) -> None:
         self.reason = reason
+        super().__init__(message, provider=provider, model=model)
+
+
+class ResponseValidationError(LLMError):
+    """The reply is not valid JSON for the requested response schema, even after the re-asks.
+
+    `error` is the first validation error, `reply` the first 200 characters of the last reply. Not a
+    ResponseParseError: the transport worked, so neither the retry loop nor a pool's failover repeats it.
+    """
+
+    def __init__(self, message: str, *, error: str = "", reply: str = "", provider: Optional[str] = None,
+                 model: Optional[str] = None) -> None:
+        self.error = error
+        self.reply = reply
         super().__init__(message, provider=provider, model=model)
 
 

@@ -17,6 +17,8 @@ class ChatCompletionResult:
     #: tool / function calls requested by the model (OpenAI shape), when any
     tool_calls: Optional[List[dict]] = None
     finish_reason: Optional[str] = None
+    #: the reply parsed and validated against `response_format` (a model instance or JSON value), else None
+    parsed: Any = None
 
 
 @dataclass
@@ -33,6 +35,14 @@ class BatchResultItem:
     reasoning_content: Optional[str] = None
     #: True when the item was read back from an earlier run's output file
     resumed: bool = False
+    #: why the model stopped: "stop", "length" (cut off at max_tokens), "tool_calls", …
+    finish_reason: Optional[str] = None
+    #: tool / function calls the model made (OpenAI shape), when any
+    tool_calls: Optional[List[dict]] = None
+    #: the reply validated against `response_format` (a model instance or JSON value), when one was given
+    parsed: Any = None
+    #: HTTP requests this item took (retries and structured-output re-asks included; 0 from the cache)
+    attempts: int = 0
 
 
 @dataclass

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List
+from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 __all__ = ["Turn", "bearer", "pieces", "sse", "words"]
 
@@ -20,6 +20,8 @@ class Turn:
     last_user: str
     directives: Dict[str, str] = field(default_factory=dict)
     truncate: bool = False
+    #: tool calls to reply with (OpenAI shape, `tool=` directive), when any
+    calls: Optional[List[Dict[str, Any]]] = None
 
     def thought(self) -> str:
         return "thinking about: " + self.last_user

@@ -1,6 +1,7 @@
 """The Gemini dialect of the mock server (Developer API and Vertex paths)."""
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -98,7 +99,14 @@ def reply(turn: Turn) -> Dict[str, Any]:
     """The JSON of a non-streamed reply (`block` directive: a prompt blocked by safety filters)."""
     model = (route(turn.path) or ("", False))[0]
     return _reply(turn.body, turn.seq, model, turn.answer, _reasoning(turn), turn.directives.get("finish", "STOP"),
-                  turn.directives.get("block"))
+                  turn.directives.get("block"), turn.calls)
+
+
+def requested_schema(body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The JSON schema in generationConfig (`responseJsonSchema` or `responseSchema`), or None."""
+    config = body.get("generationConfig") or {}
+    schema = config.get("responseJsonSchema") or config.get("responseSchema")
+    return schema if isinstance(schema, dict) else None
 
 
 def stream(turn: Turn) -> Iterator[bytes]:
@@ -109,7 +117,7 @@ def stream(turn: Turn) -> Iterator[bytes]:
 
 
 def _reply(body: Dict[str, Any], seq: int, model: str, answer: str, reasoning: Optional[str], finish: str,
-           block: Optional[str]) -> Dict[str, Any]:
+           block: Optional[str], calls: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
     if block:
         return {"promptFeedback": {"blockReason": block}, "usageMetadata": _usage(body, "", None),
                 "modelVersion": model, "responseId": f"mock-{seq}"}
@@ -119,6 +127,10 @@ def _reply(body: Dict[str, Any], seq: int, model: str, answer: str, reasoning: O
         parts.append({"text": reasoning, "thought": True})
     if finish == "STOP" or answer:
         parts.append({"text": answer})
+    if calls:
+        parts = [p for p in parts if p.get("thought") or p.get("text")]
+        parts += [{"functionCall": {"name": c["function"]["name"], "args": json.loads(c["function"]["arguments"])}}
+                  for c in calls]
     if finish not in ("STOP", "MAX_TOKENS"):
         parts = []
     candidates = [{"content": {"role": "model", "parts": parts}, "finishReason": finish, "index": i}

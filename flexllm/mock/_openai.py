@@ -85,7 +85,17 @@ def _reasoning(turn: Turn) -> Tuple[Optional[str], Optional[str]]:
 def reply(turn: Turn) -> Dict[str, Any]:
     """The JSON of a non-streamed reply."""
     reasoning, think = _reasoning(turn)
-    return _reply(turn.body, turn.seq, turn.answer, reasoning, think, turn.directives.get("finish", "stop"))
+    return _reply(turn.body, turn.seq, turn.answer, reasoning, think,
+                  turn.directives.get("finish", "tool_calls" if turn.calls else "stop"), turn.calls)
+
+
+def requested_schema(body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The JSON schema of a `response_format` json_schema request, or None."""
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        return schema if isinstance(schema, dict) else None
+    return None
 
 
 def stream(turn: Turn) -> Iterator[bytes]:
@@ -98,10 +108,14 @@ def stream(turn: Turn) -> Iterator[bytes]:
 
 
 def _reply(body: Dict[str, Any], seq: int, answer: str, reasoning: Optional[str], think: Optional[str],
-           finish: str) -> Dict[str, Any]:
+           finish: str, calls: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
     n = max(1, int(body.get("n") or 1))
     choices = [{"index": i, "message": _message(answer, reasoning, think), "finish_reason": finish}
                for i in range(n)]
+    if calls:
+        for choice in choices:
+            choice["message"]["tool_calls"] = calls
+            choice["message"]["content"] = answer or None
     return {"id": f"chatcmpl-mock-{seq}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model"), "choices": choices, "usage": usage(body, answer, reasoning, n)}
 

@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from .._logging import get_logger
+from . import _schema
 from ._common import Turn
 from ._directives import Rule, collect, strip
 
@@ -184,13 +185,30 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(200, b'{"id": "mock", "choices": [{"message": ')
 
         last = strip(last_user).strip()
-        turn = Turn(body, path, mock._next_seq(), d.get("reply", "echo: " + last), last, d,
-                    truncate=bool(attempt_ok and d.get("truncate")))
+        seq = mock._next_seq()
+        calls = _schema.tool_calls(d["tool"], d.get("tool_args"), seq) if d.get("tool") else None
+        turn = Turn(body, path, seq, _answer(d, dialect, body, last, calls), last, d,
+                    truncate=bool(attempt_ok and d.get("truncate")), calls=calls)
         rec.status = 200
         rec.fault = "truncate" if turn.truncate else None
+        if "invalid_json" in d and rec.attempt <= int(d["invalid_json"]):
+            turn.answer, rec.fault = _schema.broken_json(turn.answer), "invalid_json"
         if dialect.is_stream(path, body):
             return self._send_sse(dialect.stream(turn))
         self._send_json(200, dialect.reply(turn))
+
+
+def _answer(d: Dict[str, str], dialect: ModuleType, body: Dict[str, Any], last: str, calls: Any) -> str:
+    """The reply text: `reply=`, else none beside tool calls, else JSON fitting a requested schema, else an echo."""
+    if "reply" in d:
+        return d["reply"]
+    if calls:
+        return ""
+    requested = getattr(dialect, "requested_schema", None)
+    schema = requested(body) if requested is not None else None
+    if schema is not None:
+        return json.dumps(_schema.example(schema, last))
+    return "echo: " + last
 
 
 def _dialects() -> Tuple[ModuleType, ...]:

@@ -15,7 +15,8 @@ from ..types import ChatCompletionResult, StreamEvent
 __all__ = ["LIBRARY_KWARGS", "ProviderAdapter", "RequestSpec", "decode_sse_json"]
 
 #: words a caller may pass that are for flexllm, never for the request body
-LIBRARY_KWARGS = frozenset({"skip_cache", "metadata", "thinking", "timeout", "return_raw", "return_usage"})
+LIBRARY_KWARGS = frozenset({"skip_cache", "metadata", "thinking", "timeout", "return_raw", "return_usage",
+                            "validation_retries"})
 
 
 @dataclass(frozen=True)
