@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import re
 
-__all__ = ["RedactSecrets", "get_logger"]
+__all__ = ["RedactSecrets", "get_logger", "redact_secrets"]
 
 _SECRET = re.compile(
     r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"          # Authorization: Bearer <token>

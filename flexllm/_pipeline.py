@@ -206,17 +206,20 @@ class Pipeline:
         return True
 
     def _attempt(self, spec: RequestSpec, model: str, take_token: bool = True) -> Tuple[ChatCompletionResult, dict]:
-        request = self.transport.prepare(spec)
+        request = self.transport.prepare(spec, model=model)
         with self._slots:
             if self.bucket is not None and take_token:
                 self.bucket.acquire()
             status, headers, body = self.transport.send(request, model=model)
         if not 200 <= status < 300:
-            raise self.adapter.map_error(status, _decode(body), headers, model=model)
+            error = self.adapter.map_error(status, _decode(body), headers, model=model)
+            del body  # the raw body may echo the key: keep it out of the traceback's locals
+            raise error
         try:
             data = json.loads(body)
         except ValueError:
-            raise ResponseParseError(f"HTTP {status} reply is not valid JSON: {body[:200]!r}",
+            text = self.adapter.redact(body[:65536].decode("utf-8", "replace"))
+            raise ResponseParseError(f"HTTP {status} reply is not valid JSON: {text[:200]!r}",
                                      provider=self.adapter.name, model=model) from None
         if not isinstance(data, dict):
             raise ResponseParseError(f"HTTP {status} reply is not a JSON object", provider=self.adapter.name,

@@ -58,8 +58,9 @@ class _BaseClient(ClientAPI):
         super().close()
         self._pipeline.close()
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(provider={self.provider!r}, model={self.model!r})"
+    def __repr__(self) -> str:  # never a key; safe on a half-built object (traceback locals of __init__)
+        adapter = getattr(self, "adapter", None)
+        return f"{type(self).__name__}(provider={getattr(adapter, 'name', None)!r}, model={getattr(self, 'model', None)!r})"
 
 
 class OpenAIClient(_BaseClient):

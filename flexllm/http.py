@@ -18,8 +18,8 @@ import certifi
 import httpx
 
 from ._constants import DEFAULT_CONNECT_TIMEOUT
-from ._logging import get_logger
-from .errors import APIConnectionError, APITimeoutError
+from ._logging import get_logger, redact_secrets
+from .errors import APIConnectionError, APITimeoutError, LLMError
 from .providers.base import RequestSpec
 
 __all__ = ["Transport", "dumps"]
@@ -32,16 +32,36 @@ def dumps(body: Any) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+def _without_frames(exc: BaseException) -> BaseException:
+    """`exc` and the exceptions chained to it, stripped of their tracebacks.
+
+    httpx/httpcore frames hold the request headers in their locals; a traceback formatted with locals
+    (Sentry, Django's debug page, rich's show_locals) would print the key. The type and message stay.
+    """
+    seen = set()
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+    return exc
+
+
 @contextlib.contextmanager
 def _mapped(provider: str, model: str, redact: Callable[[str], str]) -> Iterator[None]:
     try:
         yield
     except httpx.TimeoutException as exc:
         raise APITimeoutError(redact(f"request timed out ({type(exc).__name__}: {exc})"),
-                              provider=provider, model=model) from exc
+                              provider=provider, model=model) from _without_frames(exc)
+    except (httpx.LocalProtocolError, UnicodeEncodeError) as exc:
+        # a header that cannot be sent: our request is wrong, so no retry; its text would quote the value
+        raise LLMError(f"the request could not be sent ({type(exc).__name__}): a header value holds a line break, "
+                       "a control character or non-ASCII text; check api_key, default_headers and extra_headers",
+                       provider=provider, model=model) from None
     except (httpx.TransportError, httpx.StreamError) as exc:
         raise APIConnectionError(redact(f"connection failed ({type(exc).__name__}: {exc})"),
-                                 provider=provider, model=model) from exc
+                                 provider=provider, model=model) from _without_frames(exc)
 
 
 class Transport:
@@ -56,7 +76,7 @@ class Transport:
     SHARD_CONNECTIONS = 8
 
     def __init__(self, *, timeout: float, max_connections: int, provider: str,
-                 redact: Callable[[str], str] = lambda s: s,
+                 redact: Callable[[str], str] = redact_secrets,
                  client_factory: Optional[Callable[[], httpx.Client]] = None) -> None:
         self.provider = provider
         self._timeout = httpx.Timeout(timeout, connect=min(DEFAULT_CONNECT_TIMEOUT, timeout))
@@ -97,9 +117,10 @@ class Transport:
             self._ssl = ssl.create_default_context(cafile=certifi.where())
         return httpx.Client(timeout=self._timeout, limits=self._limits, follow_redirects=False, verify=self._ssl)
 
-    def prepare(self, spec: RequestSpec) -> httpx.Request:
+    def prepare(self, spec: RequestSpec, *, model: str = "") -> httpx.Request:
         """Build (and encode) the request ahead of time, so nothing slow sits between rate-limit and wire."""
-        return self._request(spec)
+        with _mapped(self.provider, model, self._redact):
+            return self._request(spec)
 
     def _request(self, spec: RequestSpec) -> httpx.Request:
         client = self._get_client()
@@ -110,9 +131,9 @@ class Transport:
 
     def send(self, request: "RequestSpec | httpx.Request", *, model: str) -> Tuple[int, Mapping[str, str], bytes]:
         """Send one request (a spec, or one from `prepare`) and read the whole body: (status, headers, body)."""
-        if isinstance(request, RequestSpec):
-            request = self._request(request)
         with _mapped(self.provider, model, self._redact):
+            if isinstance(request, RequestSpec):
+                request = self._request(request)
             response = self._get_client().send(request)
             try:
                 return response.status_code, response.headers, response.read()

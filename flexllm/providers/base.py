@@ -6,43 +6,84 @@ data. It never does I/O. Transport, retry, rate limit, cache and batch are share
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from .._logging import redact_secrets
 from ..errors import APIStatusError, ResponseParseError
 from ..types import ChatCompletionResult, StreamEvent
 
-__all__ = ["LIBRARY_KWARGS", "ProviderAdapter", "RequestSpec", "decode_sse_json"]
+__all__ = ["LIBRARY_KWARGS", "MAX_ERROR_TEXT", "ProviderAdapter", "RequestSpec", "check_headers", "clean_secret",
+           "decode_sse_json"]
+
+#: server text quoted in an error message is cut to this many characters (after redaction)
+MAX_ERROR_TEXT = 500
 
 #: words a caller may pass that are for flexllm, never for the request body
 LIBRARY_KWARGS = frozenset({"skip_cache", "metadata", "thinking", "timeout", "return_raw", "return_usage",
                             "validation_retries"})
 
 
+def clean_secret(value: Optional[str], name: str = "api_key") -> str:
+    """`value` without surrounding whitespace (a key read from a file or a CRLF .env keeps its newline).
+
+    A key that still holds whitespace, a control character or non-ASCII text cannot be sent in a header:
+    ValueError naming the position, never quoting the key.
+    """
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, got {type(value).__name__}")
+    value = value.strip().strip("\ufeff").strip()
+    for i, ch in enumerate(value):
+        if not "!" <= ch <= "~":
+            kind = "whitespace" if ch.isspace() else "a control character" if ord(ch) < 32 or ord(ch) == 127 \
+                else "a non-ASCII character"
+            raise ValueError(f"{name} contains {kind} at position {i + 1} of {len(value)}; a key is printable "
+                             "ASCII without spaces (check how it was read: a file, a CRLF .env, a copied quote)")
+    return value
+
+
+def check_headers(headers: Optional[Mapping[str, Any]], what: str) -> Dict[str, str]:
+    """`headers` as a dict, or ValueError naming the header (never its value) that cannot be sent."""
+    out: Dict[str, str] = {}
+    for name, value in (headers or {}).items():
+        if not isinstance(name, str) or not name or any(not "!" <= ch <= "~" or ch == ":" for ch in name):
+            raise ValueError(f"{what}: invalid header name {name!r}")
+        if not isinstance(value, str):
+            raise ValueError(f"{what}: the value of header {name!r} must be a string, got {type(value).__name__}")
+        if any(not " " <= ch <= "~" and ch != "\t" for ch in value):
+            raise ValueError(f"{what}: the value of header {name!r} contains a line break, a control character or "
+                             "non-ASCII text")
+        out[name] = value
+    return out
+
+
 @dataclass(frozen=True)
 class RequestSpec:
-    """One HTTP request, fully built: the transport sends exactly this."""
+    """One HTTP request, fully built: the transport sends exactly this. Its repr never shows the headers."""
 
     method: str
     url: str
-    headers: Dict[str, str]
+    headers: Dict[str, str] = field(repr=False)
     json: Dict[str, Any]
     #: a read timeout for this request only (seconds); None = the client's
     timeout: Optional[float] = None
 
 
-def decode_sse_json(payload: str, *, provider: str, model: str) -> Dict[str, Any]:
+def decode_sse_json(payload: str, *, provider: str, model: str,
+                    redact: Callable[[str], str] = redact_secrets) -> Dict[str, Any]:
     """The JSON object in one SSE `data:` payload; ResponseParseError if it is not one or reports an error."""
     try:
         chunk = json.loads(payload)
     except ValueError:
-        raise ResponseParseError(f"stream chunk is not JSON: {payload[:200]!r}", provider=provider,
+        raise ResponseParseError(f"stream chunk is not JSON: {redact(payload)[:200]!r}", provider=provider,
                                  model=model) from None
     if not isinstance(chunk, dict):
         raise ResponseParseError("stream chunk is not a JSON object", provider=provider, model=model)
     if chunk.get("error"):
-        raise ResponseParseError(f"server error inside stream: {str(chunk['error'])[:500]}", provider=provider,
-                                 model=model)
+        raise ResponseParseError(f"server error inside stream: {redact(str(chunk['error']))[:MAX_ERROR_TEXT]}",
+                                 provider=provider, model=model)
     return chunk
 
 
@@ -77,6 +118,29 @@ class ProviderAdapter:
         """The parts of `params` that change the answer (for the cache key). Default: all but library words."""
         return {k: v for k, v in params.items() if k not in LIBRARY_KWARGS or k == "thinking"}
 
+    #: the secrets this adapter sends (set by subclasses); `redact` removes each wherever it appears
+    _secrets: Tuple[str, ...] = ()
+
     def redact(self, text: str) -> str:
-        """`text` with this adapter's secrets removed (defence in depth for messages and logs)."""
-        return text
+        """`text` with this adapter's secrets and anything shaped like a key removed (for errors and logs)."""
+        for secret in self._secrets:
+            if len(secret) >= 4 and secret in text:
+                text = text.replace(secret, "***")
+        return redact_secrets(text)
+
+    def redact_value(self, value: Any) -> Any:
+        """A decoded error body with every string in it redacted (so `exc.body` holds no key either)."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict):
+            return {k: self.redact_value(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.redact_value(v) for v in value]
+        return value
+
+    def status_error(self, cls: "type[APIStatusError]", message: str, *, status_code: int, body: Any,
+                     headers: Mapping[str, str], model: str, **extra: Any) -> APIStatusError:
+        """An APIStatusError whose message, body and headers are redacted first, then cut."""
+        return cls(self.redact(message)[:MAX_ERROR_TEXT] or "(empty body)", status_code=status_code,
+                   body=self.redact_value(body), headers={k: self.redact(v) for k, v in headers.items()},
+                   provider=self.name, model=model, **extra)

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from ..errors import APIStatusError, ContentBlockedError, QuotaExceededError, ResponseParseError, status_error_class
 from ..types import ChatCompletionResult, StreamEvent
-from .base import LIBRARY_KWARGS, ProviderAdapter, RequestSpec, decode_sse_json
+from .base import LIBRARY_KWARGS, ProviderAdapter, RequestSpec, check_headers, clean_secret, decode_sse_json
 from .registry import Provider, register
 
 __all__ = ["GeminiAdapter", "detect_gemini", "gemini_thinking_config"]
@@ -31,7 +31,6 @@ NATIVE = frozenset({"maxOutputTokens", "candidateCount", "topP", "topK", "stopSe
 PASS_THROUGH = frozenset({"generationConfig", "safetySettings", "safety_settings", "extra_body", "tools",
                           "tool_choice", "toolConfig", "cachedContent", "labels", "stream", "stream_options",
                           "stop", "response_format", "extra_headers"})
-_MAX_ERROR_TEXT = 500
 _DURATION = re.compile(r"^\s*([0-9.]+)\s*(ms|s)?\s*$")
 
 
@@ -189,7 +188,8 @@ class GeminiAdapter(ProviderAdapter):
         gemini_thinking_config(thinking, "")  # validate early
         self.thinking = thinking
         self.use_vertex_ai = use_vertex_ai
-        self._api_key = api_key or ""
+        self._api_key = clean_secret(api_key)
+        self._secrets = (self._api_key,) if self._api_key else ()
         self._token_provider = token_provider
         if use_vertex_ai:
             if not project_id:
@@ -236,9 +236,9 @@ class GeminiAdapter(ProviderAdapter):
         action = "streamGenerateContent?alt=sse" if stream else "generateContent"
         headers = self._headers
         if self._token_provider is not None:
-            headers = dict(headers, Authorization=f"Bearer {self._token_provider()}")
+            headers = dict(headers, Authorization=f"Bearer {clean_secret(self._token_provider(), 'access token')}")
         if params.get("extra_headers"):
-            headers = {**headers, **params["extra_headers"]}
+            headers = {**headers, **check_headers(params["extra_headers"], "extra_headers")}
         return RequestSpec("POST", f"{self._prefix}{model_id}:{action}", headers, body, params.get("timeout"))
 
     def _generation_config(self, model: str, params: Dict[str, Any]) -> Dict[str, Any]:
@@ -301,7 +301,7 @@ class GeminiAdapter(ProviderAdapter):
     def parse_stream_line(self, line: str, *, model: str) -> Optional[StreamEvent]:
         if not line.startswith("data:"):
             return None
-        chunk = decode_sse_json(line[5:], provider=self.name, model=model)
+        chunk = decode_sse_json(line[5:], provider=self.name, model=model, redact=self.redact)
         reason = (chunk.get("promptFeedback") or {}).get("blockReason")
         if reason:
             raise ContentBlockedError(f"prompt blocked by Gemini: {reason}", reason=reason, provider=self.name,
@@ -326,9 +326,9 @@ class GeminiAdapter(ProviderAdapter):
         code = None
         if isinstance(err, dict):
             code = err.get("status")
-            message = str(err.get("message") or "")[:_MAX_ERROR_TEXT]
+            message = str(err.get("message") or "")
             if code:
-                message = f"{message} ({code})"
+                message = f"{message} ({code})" if len(message) < 400 else f"({code}) {message}"
             for detail in err.get("details") or ():
                 kind = str(detail.get("@type", "")) if isinstance(detail, dict) else ""
                 if kind.endswith("google.rpc.RetryInfo"):
@@ -338,9 +338,9 @@ class GeminiAdapter(ProviderAdapter):
                     if "perday" in text or "per day" in text:
                         cls = QuotaExceededError
         else:
-            message = (body if isinstance(body, str) else json.dumps(body, default=str))[:_MAX_ERROR_TEXT]
-        return cls(self.redact(message or "(empty body)"), status_code=status_code, body=body, headers=headers,
-                   code=code, retry_after=retry_after, provider=self.name, model=model)
+            message = body if isinstance(body, str) else json.dumps(body, default=str)
+        return self.status_error(cls, message, status_code=status_code, body=body, headers=headers, model=model,
+                                 code=code, retry_after=retry_after)
 
     def cache_params(self, params: Dict[str, Any]) -> Dict[str, Any]:
         out = {k: v for k, v in params.items() if k not in LIBRARY_KWARGS and k != "extra_headers" and v is not None}
@@ -348,11 +348,6 @@ class GeminiAdapter(ProviderAdapter):
         if thinking is not None:
             out["thinking"] = thinking
         return out
-
-    def redact(self, text: str) -> str:
-        if self._api_key and len(self._api_key) >= 4:
-            text = text.replace(self._api_key, "***")
-        return text
 
 
 def _make_adapter(*, base_url: Optional[str], api_key: Optional[str], model: Optional[str] = None, thinking: Any = None,

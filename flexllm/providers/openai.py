@@ -7,14 +7,14 @@ from urllib.parse import urlsplit
 
 from ..errors import APIStatusError, QuotaExceededError, ResponseParseError, status_error_class
 from ..types import ChatCompletionResult, StreamEvent
-from .base import LIBRARY_KWARGS, ProviderAdapter, RequestSpec, decode_sse_json
+from .base import LIBRARY_KWARGS, MAX_ERROR_TEXT, ProviderAdapter, RequestSpec, check_headers, clean_secret, \
+    decode_sse_json
 from .registry import Provider, foreign_params, register
 
 __all__ = ["OpenAIAdapter", "endpoint_kind", "split_thoughts", "thinking_params"]
 
 THINKING_LEVELS = ("minimal", "low", "medium", "high")
 _OMIT = LIBRARY_KWARGS | {"extra_body", "extra_headers"}
-_MAX_ERROR_TEXT = 500
 
 
 def endpoint_kind(base_url: str) -> str:
@@ -82,11 +82,12 @@ class OpenAIAdapter(ProviderAdapter):
         thinking_params(self.kind, thinking)  # validate early
         self.thinking = thinking
         self._url = self.base_url if self.base_url.endswith("/chat/completions") else self.base_url + "/chat/completions"
-        self._api_key = api_key or ""
+        self._api_key = clean_secret(api_key)
+        self._secrets = (self._api_key,) if self._api_key else ()
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        headers.update(default_headers or {})
+        headers.update(check_headers(default_headers, "default_headers"))
         self._headers = headers
         self._stream_headers = dict(headers, Accept="text/event-stream")
 
@@ -114,7 +115,7 @@ class OpenAIAdapter(ProviderAdapter):
             body.pop("stream", None)
         headers = self._stream_headers if stream else self._headers
         if params.get("extra_headers"):
-            headers = {**headers, **params["extra_headers"]}
+            headers = {**headers, **check_headers(params["extra_headers"], "extra_headers")}
         return RequestSpec("POST", self._url, headers, body, params.get("timeout"))
 
     def parse_response(self, data: Dict[str, Any], *, model: str) -> ChatCompletionResult:
@@ -124,7 +125,8 @@ class OpenAIAdapter(ProviderAdapter):
         except (KeyError, IndexError, TypeError):
             detail = data.get("error") if isinstance(data, dict) else None
             raise ResponseParseError(
-                "reply has no choices[0].message" + (f" (server said: {str(detail)[:_MAX_ERROR_TEXT]})" if detail else ""),
+                "reply has no choices[0].message"
+                + (f" (server said: {self.redact(str(detail))[:MAX_ERROR_TEXT]})" if detail else ""),
                 provider=self.name, model=model) from None
         parts = split_thoughts(message)
         return ChatCompletionResult(
@@ -141,7 +143,7 @@ class OpenAIAdapter(ProviderAdapter):
         payload = line[5:].strip()
         if payload == "[DONE]":
             return StreamEvent(done=True)
-        chunk = decode_sse_json(payload, provider=self.name, model=model)
+        chunk = decode_sse_json(payload, provider=self.name, model=model, redact=self.redact)
         event = StreamEvent(usage=chunk.get("usage"), raw=chunk)
         choices = chunk.get("choices") or ()
         if choices:
@@ -160,8 +162,8 @@ class OpenAIAdapter(ProviderAdapter):
         cls = status_error_class(status_code)
         if status_code == 429 and code in ("insufficient_quota", "quota_exceeded", "billing_hard_limit_reached"):
             cls = QuotaExceededError
-        return cls(self.redact(message), status_code=status_code, body=body, headers=headers, code=code,
-                   provider=self.name, model=model)
+        return self.status_error(cls, message, status_code=status_code, body=body, headers=headers, model=model,
+                                 code=code)
 
     def cache_params(self, params: Dict[str, Any]) -> Dict[str, Any]:
         out = {k: v for k, v in params.items() if k not in _OMIT and v is not None}
@@ -172,28 +174,26 @@ class OpenAIAdapter(ProviderAdapter):
             out["extra_body"] = params["extra_body"]
         return out
 
-    def redact(self, text: str) -> str:
-        if self._api_key and len(self._api_key) >= 4 and self._api_key in text:
-            return text.replace(self._api_key, "***")
-        return text
-
 
 def _error_text(body: Any) -> "tuple[str, Optional[str]]":
-    """The server's error message and code from an OpenAI-style (or FastAPI / plain) error body."""
+    """The server's whole error message and code from an OpenAI-style (or FastAPI / plain) error body.
+
+    Never cut here: the caller redacts first, then cuts (a cut key prefix would escape redaction).
+    """
     if isinstance(body, dict):
         err = body.get("error", body)
         if isinstance(err, dict):
-            message = err.get("message") or err.get("detail") or json.dumps(err)[:_MAX_ERROR_TEXT]
+            message = err.get("message") or err.get("detail") or json.dumps(err, default=str)
             code = err.get("code") or err.get("type")
             if err.get("type") == "insufficient_quota":
                 code = "insufficient_quota"
-            return str(message)[:_MAX_ERROR_TEXT], (str(code) if code is not None else None)
+            return str(message), (str(code) if code is not None else None)
         if isinstance(err, str):
-            return err[:_MAX_ERROR_TEXT], None
+            return err, None
         if "detail" in body:
-            return str(body["detail"])[:_MAX_ERROR_TEXT], None
+            return str(body["detail"]), None
     text = body if isinstance(body, str) else json.dumps(body, default=str)
-    return (text.strip()[:_MAX_ERROR_TEXT] or "(empty body)"), None
+    return text.strip(), None
 
 
 def _make_adapter(*, base_url: Optional[str], api_key: Optional[str], model: Optional[str] = None, thinking: Any = None,
