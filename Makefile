@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
+# the suite also runs the integrations against real engines (Ray actors), so it installs their extras
+TEST_EXTRAS ?= dev,ray
+TEST_STAMP  := $(VENV)/.installed-test
 
 .PHONY: install test demo bench lint clean
 
@@ -14,9 +17,13 @@ $(STAMP): $(PY) setup.cfg setup.py pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[$(TEST_EXTRAS)]"
+	touch $(TEST_STAMP)
+
 install: $(STAMP)  ## create .venv and install flexllm with its test tools
 
-test: $(STAMP)  ## run the test suite (what CI runs); pytest's exit 5 (no tests collected) is not a failure
+test: $(TEST_STAMP)  ## run the test suite (what CI runs); pytest's exit 5 (no tests collected) is not a failure
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 demo: $(STAMP)  ## a real batch against the built-in mock server: progress, output file, resume

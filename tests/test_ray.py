@@ -1,0 +1,114 @@
+"""flexllm inside Ray Data: real Ray actors (ray.init on this machine, not local mode) against the mock server."""
+import json
+import os
+
+import pytest
+
+from flexllm.integrations._rows import RowCheckpoint
+from flexllm.integrations.ray import LLMMapper
+
+ray = pytest.importorskip("ray", reason="the ray extra is installed by `make test`")
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()
+
+
+def rows(n, bad=()):
+    return [{"id": i, "prompt": f"[[mock:status=400]] row {i}" if i in bad else f"row {i}"} for i in range(n)]
+
+
+def test_each_row_answered_and_a_bad_row_fails_alone(ray_cluster, server, tmp_path):
+    ds = ray.data.from_items(rows(120, bad={17}))
+    out = ds.map_batches(LLMMapper, fn_constructor_kwargs=dict(
+        model="m", base_url=server.url, id_column="id", checkpoint_dir=str(tmp_path / "ckpt"),
+        concurrency_limit=8), concurrency=2, batch_size=40)
+    got = {r["id"]: r for r in out.take_all()}
+    assert sorted(got) == list(range(120))
+    assert got[17]["status"] == "error" and "BadRequestError" in got[17]["error"]
+    for i, r in got.items():
+        if i != 17:
+            assert (r["status"], r["output"], r["error"]) == ("success", f"echo: row {i}", None)
+            assert r["prompt"] == f"row {i}"  # input columns are kept
+    # the failed row is not checkpointed; every answered row is, exactly once
+    ckpt = RowCheckpoint(str(tmp_path / "ckpt"))
+    assert len(ckpt) == 119
+
+
+def test_messages_column_and_pandas_batches(ray_cluster, server):
+    items = [{"key": f"k{i}", "messages": [{"role": "system", "content": "be brief"},
+                                           {"role": "user", "content": f"m{i}"}]} for i in range(30)]
+    out = ray.data.from_items(items).map_batches(
+        LLMMapper, fn_constructor_kwargs=dict(model="m", base_url=server.url, output_column="answer",
+                                              temperature=0.5),
+        concurrency=1, batch_size=16, batch_format="pandas")
+    got = {r["key"]: r for r in out.take_all()}
+    assert {k: r["answer"] for k, r in got.items()} == {f"k{i}": f"echo: m{i}" for i in range(30)}
+    bodies = [r.body for r in server.requests]
+    assert all(b["temperature"] == 0.5 and b["messages"][0]["role"] == "system" for b in bodies)
+
+
+def test_rerun_answers_checkpointed_rows_without_requests(ray_cluster, server, tmp_path):
+    kwargs = dict(model="m", base_url=server.url, id_column="id", checkpoint_dir=str(tmp_path))
+    ray.data.from_items(rows(50)).map_batches(LLMMapper, fn_constructor_kwargs=kwargs, concurrency=1,
+                                              batch_size=25).take_all()
+    assert len(server.requests) == 50
+    server.clear()
+    changed = rows(60)
+    changed[3]["prompt"] = "row 3, asked differently"
+    got = {r["id"]: r for r in ray.data.from_items(changed).map_batches(
+        LLMMapper, fn_constructor_kwargs=kwargs, concurrency=1, batch_size=25).take_all()}
+    asked = sorted(r.body["messages"][-1]["content"] for r in server.requests)
+    assert asked == sorted(["row 3, asked differently"] + [f"row {i}" for i in range(50, 60)])
+    assert got[3]["output"] == "echo: row 3, asked differently"
+    assert got[7]["status"] == "resumed" and got[7]["output"] == "echo: row 7"
+
+
+def test_mapper_is_usable_without_ray_and_validates_arguments(server, tmp_path):
+    with pytest.raises(ValueError, match="id_column"):
+        LLMMapper(model="m", base_url=server.url, checkpoint_dir=str(tmp_path))
+    mapper = LLMMapper(model="m", base_url=server.url, id_column="id", checkpoint_dir=str(tmp_path))
+    out = mapper({"id": [1, 2], "prompt": ["a", None]})
+    assert list(out["status"]) == ["success", "error"]
+    assert "ValueError" in out["error"][1]
+    with pytest.raises(ValueError, match="id_column 'id' is not a column"):
+        mapper({"prompt": ["a"]})
+
+
+def test_torn_last_line_and_foreign_files_are_ignored(tmp_path, server):
+    mapper = LLMMapper(model="m", base_url=server.url, id_column="id", checkpoint_dir=str(tmp_path))
+    mapper({"id": ["a", "b"], "prompt": ["x", "y"]})
+    mapper.checkpoint.close()
+    (part,) = [p for p in os.listdir(tmp_path) if p.startswith("flexllm-")]
+    with open(tmp_path / part, "ab") as f:
+        f.write(b'{"id": "c", "input_ha')  # a writer killed mid-line
+    (tmp_path / "notes.jsonl").write_text("not ours\n")
+    fresh = RowCheckpoint(str(tmp_path))
+    assert len(fresh) == 2
+    conv = [{"role": "user", "content": "x"}]
+    assert fresh.lookup(["a", "c"], [conv, conv])[0]["output"] == "echo: x"
+    assert (tmp_path / "notes.jsonl").read_text() == "not ours\n"
+
+
+def test_mapper_pickles_as_ray_does(server, tmp_path):
+    from ray import cloudpickle
+
+    kwargs = dict(model="m", base_url=server.url, id_column="id", checkpoint_dir=str(tmp_path))
+    restored = cloudpickle.loads(cloudpickle.dumps((LLMMapper, kwargs)))
+    mapper = restored[0](**restored[1])
+    assert json.loads(json.dumps(list(mapper({"id": [1], "prompt": ["p"]})["output"]))) == ["echo: p"]
+
+
+def test_rows_written_by_another_writer_after_start_are_seen(tmp_path, server):
+    reader = RowCheckpoint(str(tmp_path))  # an actor that started before the other one wrote
+    writer = LLMMapper(model="m", base_url=server.url, id_column="id", checkpoint_dir=str(tmp_path))
+    writer({"id": [5], "prompt": ["late"]})
+    server.clear()
+    conv = [{"role": "user", "content": "late"}]
+    assert reader.lookup([5], [conv])[0]["output"] == "echo: late"
