@@ -5,7 +5,7 @@ retries with server hints, failover pools, token/cost estimates and reply parser
 """
 from ._checkpoint import OutputFileLockedError
 from ._hashing import messages_hash
-from .client import GeminiClient, LLMClient, OpenAIClient
+from .client import ClaudeClient, GeminiClient, LLMClient, OpenAIClient
 from .config import ResponseCacheConfig
 from .errors import (
                      APIConnectionError,
@@ -40,6 +40,7 @@ __all__ = [
     "BadRequestError",
     "BatchResultItem",
     "ChatCompletionResult",
+    "ClaudeClient",
     "ContentBlockedError",
     "GeminiClient",
     "LLMClient",

@@ -291,16 +291,16 @@ class Pipeline:
     def _events(self, lines: Iterator[str], model: str) -> Iterator[StreamEvent]:
         saw_done = False
         finish = None
-        parse = self.adapter.parse_stream_line
+        parse = self.adapter.stream_parser(model)
         for line in lines:
-            event = parse(line, model=model)
+            event = parse(line)
             if event is None:
                 continue
             if event.done:
                 saw_done = True
                 break
             finish = event.finish_reason or finish
-            if event.content or event.reasoning or event.usage or event.finish_reason:
+            if event.content or event.reasoning or event.usage or event.finish_reason or event.tool_calls:
                 yield event
         if not self.adapter.stream_complete(saw_done, finish):
             raise StreamTruncatedError("stream ended before its end marker (connection closed early)",

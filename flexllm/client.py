@@ -1,4 +1,4 @@
-"""The clients: LLMClient (picks the provider), OpenAIClient and GeminiClient.
+"""The clients: LLMClient (picks the provider), OpenAIClient, GeminiClient and ClaudeClient.
 
 Each is a thin shell: it builds a provider adapter and a shared Pipeline; every public method comes
 from `ClientAPI`. One client may be shared by all threads of a web server.
@@ -14,11 +14,12 @@ from ._pipeline import Outcome, Pipeline
 from .config import ResponseCacheConfig
 from .providers import registry
 from .providers.base import ProviderAdapter
+from .providers.anthropic import split_claude_thoughts
 from .providers.openai import split_thoughts
 from .providers.registry import make_adapter
 from .types import StreamEvent
 
-__all__ = ["GeminiClient", "LLMClient", "OpenAIClient"]
+__all__ = ["ClaudeClient", "GeminiClient", "LLMClient", "OpenAIClient"]
 
 class _BaseClient(ClientAPI):
     """A client over one provider adapter; see `LLMClient` for the parameters."""
@@ -118,6 +119,38 @@ class GeminiClient(_BaseClient):
                          retry_times=retry_times, retry_delay=retry_delay, timeout=timeout, **options)
 
 
+class ClaudeClient(_BaseClient):
+    """Client for Anthropic Claude (the Messages API).
+
+    >>> client = ClaudeClient(model="claude-sonnet-4-5")          # key from ANTHROPIC_API_KEY
+    >>> client.chat_completions_sync([{"role": "user", "content": "hi"}])
+
+    Takes OpenAI-shaped messages, tools and parameters. `max_tokens` defaults to 4096 (the API requires
+    one; plus the thinking budget when thinking is on). `thinking` takes True, False, "low" / "medium" /
+    "high" or a token budget (>= 1024); thinking blocks come back as `reasoning_content`.
+    """
+
+    def __init__(self, api_key: Optional[str] = None, model: str = "claude-sonnet-4-5",
+                 base_url: str = "https://api.anthropic.com", *, thinking: Any = None,
+                 cache: Optional[ResponseCacheConfig] = None, concurrency_limit: int = DEFAULT_CONCURRENCY,
+                 max_qps: Optional[float] = None, retry_times: int = DEFAULT_RETRY_TIMES,
+                 retry_delay: float = DEFAULT_RETRY_DELAY, timeout: float = DEFAULT_TIMEOUT,
+                 default_headers: Optional[Mapping[str, str]] = None, **options: Any) -> None:
+        adapter = make_adapter("anthropic", base_url=base_url, api_key=api_key, model=model, thinking=thinking,
+                               default_headers=default_headers)
+        super().__init__(adapter, model=model, cache=cache, concurrency_limit=concurrency_limit, max_qps=max_qps,
+                         retry_times=retry_times, retry_delay=retry_delay, timeout=timeout, **options)
+
+    @staticmethod
+    def parse_thoughts(response_data: dict) -> dict:
+        """`{"thought", "answer"}` from a raw Messages API reply (thinking and text blocks), or an OpenAI-shaped one."""
+        if isinstance(response_data, dict) and response_data.get("type") == "message" \
+                and isinstance(response_data.get("content"), list):
+            text, thought, _ = split_claude_thoughts(response_data["content"])
+            return {"thought": thought, "answer": text}
+        return OpenAIClient.parse_thoughts(response_data)
+
+
 def detect_provider(base_url: Optional[str], model: Optional[str], use_vertex_ai: bool = False,
                     api_key: Optional[str] = None) -> str:
     """The provider `provider="auto"` picks (the registry's detection rules; "openai" when none matches)."""
@@ -130,8 +163,9 @@ class LLMClient(_BaseClient):
     >>> client = LLMClient(model="qwen2.5", base_url="http://localhost:8000/v1", max_qps=20)
     >>> client.chat_completions_sync([{"role": "user", "content": "hi"}])
 
-    `provider="auto"` chooses Gemini for generativelanguage / aiplatform URLs, `use_vertex_ai=True`, or
-    a `gemini-*` model given no base_url; OpenAI-compatible otherwise. Gemini-only options
+    `provider="auto"` reads the provider registry: Gemini for generativelanguage / aiplatform URLs,
+    `use_vertex_ai=True`, or a `gemini-*` model given no base_url; Anthropic for anthropic.com URLs or a
+    `claude-*` model given no base_url; OpenAI-compatible otherwise. Gemini-only options
     (project_id, location, use_vertex_ai, access_token, credentials) and `thinking` are accepted as
     keywords.
     """
@@ -153,4 +187,4 @@ class LLMClient(_BaseClient):
         super().__init__(adapter, model=model, cache=cache, concurrency_limit=concurrency_limit, max_qps=max_qps,
                          retry_times=retry_times, retry_delay=retry_delay, timeout=timeout, **options)
 
-    parse_thoughts = staticmethod(OpenAIClient.parse_thoughts)
+    parse_thoughts = staticmethod(ClaudeClient.parse_thoughts)

@@ -56,4 +56,6 @@ class StreamEvent:
     #: True on the provider's explicit end marker (OpenAI `data: [DONE]`)
     done: bool = False
     raw: Optional[Dict[str, Any]] = field(default=None, repr=False)
+    #: tool-call deltas in OpenAI's streaming shape: `[{"index", "id"?, "type"?, "function": {"name"?, "arguments"}}]`
+    tool_calls: Optional[List[dict]] = None
 

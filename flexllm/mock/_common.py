@@ -22,6 +22,8 @@ class Turn:
     truncate: bool = False
     #: tool calls to reply with (OpenAI shape, `tool=` directive), when any
     calls: Optional[List[Dict[str, Any]]] = None
+    #: whether fault directives apply to this attempt (`times=N` limits them to the first N attempts)
+    faults: bool = True
 
     def thought(self) -> str:
         return "thinking about: " + self.last_user

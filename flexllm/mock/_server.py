@@ -158,6 +158,11 @@ class _Handler(BaseHTTPRequestHandler):
             rec.status, rec.fault = 401, "auth"
             return self._send_json(401, dialect.error_body(401, "mock: invalid API key"))
 
+        invalid = dialect.validate(self.headers, body) if hasattr(dialect, "validate") else None
+        if invalid:
+            rec.status, rec.fault = 400, "invalid"
+            return self._send_json(400, dialect.error_body(400, invalid))
+
         latency = float(d["latency"]) if "latency" in d else mock._latency()
         if latency > 0:
             time.sleep(latency)
@@ -188,7 +193,7 @@ class _Handler(BaseHTTPRequestHandler):
         seq = mock._next_seq()
         calls = _schema.tool_calls(d["tool"], d.get("tool_args"), seq) if d.get("tool") else None
         turn = Turn(body, path, seq, _answer(d, dialect, body, last, calls), last, d,
-                    truncate=bool(attempt_ok and d.get("truncate")), calls=calls)
+                    truncate=bool(attempt_ok and d.get("truncate")), calls=calls, faults=attempt_ok)
         rec.status = 200
         rec.fault = "truncate" if turn.truncate else None
         if "invalid_json" in d and rec.attempt <= int(d["invalid_json"]):

@@ -5,6 +5,7 @@ data. It never does I/O. Transport, retry, rate limit, cache and batch are share
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -105,6 +106,10 @@ class ProviderAdapter:
     def parse_stream_line(self, line: str, *, model: str) -> Optional[StreamEvent]:
         """One line of the SSE stream → an event, or None for lines that carry nothing (comments, blanks)."""
         raise NotImplementedError
+
+    def stream_parser(self, model: str) -> Callable[[str], Optional[StreamEvent]]:
+        """A line parser for one stream; adapters whose events need earlier lines return a stateful one."""
+        return functools.partial(self.parse_stream_line, model=model)
 
     def stream_complete(self, saw_done: bool, finish_reason: Optional[str]) -> bool:
         """Whether a stream that ended here ended properly (else it was truncated)."""
