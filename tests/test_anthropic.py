@@ -370,3 +370,15 @@ def test_current_claude_models_are_priced():
         assert estimate_cost(1_000_000, model) > 0, model
     assert estimate_cost(1_000_000, "claude-haiku-4-5") == pytest.approx(1.0)
     assert estimate_cost(1_000_000, "claude-opus-4-6", is_input=False) == pytest.approx(25.0)
+
+
+def test_pydantic_response_format_is_validated_over_claude(server):
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        name: str
+        population: int
+
+    r = claude(server).chat_completions_sync(user("Paris"), response_format=City)
+    assert isinstance(r, City) and r.population >= 1
+    assert sent(server)["output_config"]["format"]["type"] == "json_schema"
