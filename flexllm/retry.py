@@ -30,26 +30,37 @@ logger = get_logger(__name__)
 T = TypeVar("T")
 
 
+def _positive(value: Optional[float]) -> Optional[float]:
+    """A usable wait: finite and above zero. 0 ("retry now"), negative, NaN or infinite → None (our backoff)."""
+    return value if value is not None and 0.0 < value < float("inf") else None
+
+
 def parse_retry_after(headers: Mapping[str, str], *, now: Optional[float] = None) -> Optional[float]:
-    """Seconds the server asked us to wait (`retry-after-ms`, then `retry-after` seconds or HTTP date)."""
+    """Seconds the server asked us to wait (`retry-after-ms`, then `retry-after` seconds or HTTP date).
+
+    None when there is no usable hint: absent, garbage, zero, negative or a date in the past. A zero would
+    make the retries follow each other within milliseconds, so our own backoff is used instead.
+    """
     value = headers.get("retry-after-ms")
     if value is not None:
         try:
-            return max(0.0, float(value) / 1000.0)
+            wait = _positive(float(value) / 1000.0)
         except ValueError:
-            pass
+            wait = None
+        if wait is not None:
+            return wait
     value = headers.get("retry-after")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        return _positive(float(value))
     except ValueError:
         pass
     parsed = email.utils.parsedate_tz(value)
     if parsed is None:
         return None
     when = email.utils.mktime_tz(parsed)
-    return max(0.0, when - (time.time() if now is None else now))
+    return _positive(when - (time.time() if now is None else now))
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -80,7 +91,7 @@ def retry_wait(exc: BaseException, retry_index: int, retry_delay: float,
     if isinstance(exc, APIStatusError):
         hint = parse_retry_after(exc.headers)
         if hint is None:
-            hint = exc.retry_after
+            hint = _positive(exc.retry_after)
         if hint is not None:
             return min(hint, MAX_RETRY_AFTER)
     return backoff_delay(retry_index, retry_delay, rng)

@@ -63,10 +63,35 @@ def test_status_classes(code, cls):
     ({"retry-after-ms": "250"}, 0.25),
     ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),
     ({"retry-after": "garbage"}, None),
-    ({"retry-after": "-4"}, 0.0),
+    ({"retry-after": "-4"}, None),
+    ({"retry-after": "0"}, None),           # "retry now" would hammer the server: our backoff instead
+    ({"retry-after": "0.0"}, None),
+    ({"retry-after-ms": "0"}, None),
+    ({"retry-after-ms": "0", "retry-after": "2"}, 2.0),
+    ({"retry-after-ms": "-10"}, None),
+    ({"retry-after": "nan"}, None),
+    ({"retry-after": "inf"}, None),
+    ({"retry-after": ""}, None),
+    ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, None),  # a date in the past
 ])
 def test_parse_retry_after(headers, expected):
     assert parse_retry_after(headers) == expected
+
+
+@pytest.mark.parametrize("exc", [status(429, {"retry-after": "0"}), status(503, {"retry-after": "-1"}),
+                                 status(429, retry_after=0.0), status(429, {"retry-after": "junk"}, retry_after=-3)])
+def test_zero_or_garbage_hint_falls_back_to_backoff(exc):
+    assert retry_wait(exc, 2, 0.5, lambda: 1.0) == pytest.approx(2.0)
+
+
+def test_retry_after_zero_over_http_uses_backoff(server):
+    from flexllm import OpenAIClient
+
+    sleeps = []
+    server.add_rule(contains="busy", status=429, retry_after="0", times=2)
+    c = OpenAIClient(base_url=server.url, model="m", retry_times=3, retry_delay=0.5, sleep=sleeps.append)
+    assert c.chat_completions_sync([{"role": "user", "content": "busy"}]) == "echo: busy"
+    assert len(sleeps) == 2 and all(s >= 0.375 for s in sleeps), sleeps
 
 
 def test_parse_retry_after_http_date():
