@@ -14,8 +14,8 @@ from .._logging import redact_secrets
 from ..errors import APIStatusError, ResponseParseError
 from ..types import ChatCompletionResult, StreamEvent
 
-__all__ = ["LIBRARY_KWARGS", "MAX_ERROR_TEXT", "ProviderAdapter", "RequestSpec", "check_headers", "clean_secret",
-           "decode_sse_json"]
+__all__ = ["LIBRARY_KWARGS", "MAX_ERROR_TEXT", "ProviderAdapter", "RequestSpec", "as_dict", "as_str", "check_headers",
+           "clean_secret", "decode_sse_json"]
 
 #: server text quoted in an error message is cut to this many characters (after redaction)
 MAX_ERROR_TEXT = 500
@@ -88,6 +88,16 @@ def decode_sse_json(payload: str, *, provider: str, model: str,
     return chunk
 
 
+def as_dict(value: Any) -> Optional[Dict[str, Any]]:
+    """`value` if it is a JSON object, else None (an optional field of the wrong type counts as absent)."""
+    return value if isinstance(value, dict) else None
+
+
+def as_str(value: Any) -> Optional[str]:
+    """`value` if it is a string, else None."""
+    return value if isinstance(value, str) else None
+
+
 class ProviderAdapter:
     """Base class of provider adapters. Subclasses override every method below."""
 
@@ -122,6 +132,11 @@ class ProviderAdapter:
     def cache_params(self, params: Dict[str, Any]) -> Dict[str, Any]:
         """The parts of `params` that change the answer (for the cache key). Default: all but library words."""
         return {k: v for k, v in params.items() if k not in LIBRARY_KWARGS or k == "thinking"}
+
+    def shape_error(self, where: str, value: Any, expected: str, *, model: str) -> ResponseParseError:
+        """The error for a 2xx reply whose `where` has the wrong type (never a bare TypeError)."""
+        return ResponseParseError(f"reply's {where} is {type(value).__name__}, expected {expected}",
+                                  provider=self.name, model=model)
 
     #: the secrets this adapter sends (set by subclasses); `redact` removes each wherever it appears
     _secrets: Tuple[str, ...] = ()

@@ -10,7 +10,8 @@ from urllib.parse import urlsplit
 
 from ..errors import APIStatusError, ContentBlockedError, QuotaExceededError, ResponseParseError, status_error_class
 from ..types import ChatCompletionResult, StreamEvent
-from .base import LIBRARY_KWARGS, ProviderAdapter, RequestSpec, check_headers, clean_secret, decode_sse_json
+from .base import LIBRARY_KWARGS, ProviderAdapter, RequestSpec, as_dict, as_str, check_headers, clean_secret, \
+    decode_sse_json
 from .registry import Provider, register
 
 __all__ = ["GeminiAdapter", "detect_gemini", "gemini_thinking_config"]
@@ -137,33 +138,47 @@ def to_contents(messages: List[dict]) -> Tuple[List[Dict[str, Any]], Optional[Di
     return contents, ({"parts": system} if system else None)
 
 
-def to_usage(meta: Optional[Mapping[str, Any]]) -> Optional[Dict[str, int]]:
+def _count(value: Any) -> int:
+    """A token count, or 0 when the field is missing or not a number."""
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+        and abs(value) < 2 ** 62 else 0
+
+
+def to_usage(meta: Any) -> Optional[Dict[str, int]]:
     """usageMetadata → OpenAI-style usage (thinking counted as completion: it is billed as output)."""
-    if not meta:
+    if not meta or not isinstance(meta, dict):
         return None
-    thoughts = int(meta.get("thoughtsTokenCount") or 0)
-    usage = {"prompt_tokens": int(meta.get("promptTokenCount") or 0),
-             "completion_tokens": int(meta.get("candidatesTokenCount") or 0) + thoughts,
-             "total_tokens": int(meta.get("totalTokenCount") or 0)}
+    thoughts = _count(meta.get("thoughtsTokenCount"))
+    usage = {"prompt_tokens": _count(meta.get("promptTokenCount")),
+             "completion_tokens": _count(meta.get("candidatesTokenCount")) + thoughts,
+             "total_tokens": _count(meta.get("totalTokenCount"))}
     if thoughts:
         usage["thoughts_tokens"] = thoughts
-    if meta.get("cachedContentTokenCount"):
-        usage["cached_tokens"] = int(meta["cachedContentTokenCount"])
+    if _count(meta.get("cachedContentTokenCount")):
+        usage["cached_tokens"] = _count(meta["cachedContentTokenCount"])
     return usage
 
 
 def _split_parts(parts: Any) -> Tuple[str, str, List[Dict[str, Any]]]:
+    """(text, thought text, tool calls) of a candidate's parts; ValueError naming a part of the wrong type."""
     text: List[str] = []
     thought: List[str] = []
     calls: List[Dict[str, Any]] = []
+    if parts is not None and not isinstance(parts, list):
+        raise ValueError(f"content.parts is {type(parts).__name__}, expected a list")
     for p in parts or ():
         if not isinstance(p, dict):
             continue
         if "functionCall" in p:
             fc = p["functionCall"]
+            if not isinstance(fc, dict) or not isinstance(fc.get("name"), str):
+                raise ValueError("a functionCall part has no name")
+            args = fc.get("args") or {}
             calls.append({"id": f"call_{len(calls)}", "type": "function",
-                          "function": {"name": fc.get("name"), "arguments": json.dumps(fc.get("args") or {})}})
+                          "function": {"name": fc["name"], "arguments": json.dumps(args)}})
         elif "text" in p:
+            if not isinstance(p["text"], str):
+                raise ValueError(f"a text part holds {type(p['text']).__name__}, expected a string")
             (thought if p.get("thought") else text).append(p["text"])
     return "".join(text), "".join(thought), calls
 
@@ -280,38 +295,52 @@ class GeminiAdapter(ProviderAdapter):
         return ([{"functionDeclarations": decls}] if decls else []) + native
 
     # -- replies ------------------------------------------------------------------------------------
-    def parse_response(self, data: Dict[str, Any], *, model: str) -> ChatCompletionResult:
+    def _candidate(self, data: Dict[str, Any], model: str) -> Optional[Tuple[str, str, List[dict], Optional[str]]]:
+        """(text, thought, calls, finishReason) of the first candidate, or None when there is none.
+
+        Raises ContentBlockedError for a blocked prompt, ResponseParseError for parts of the wrong type.
+        """
+        feedback = as_dict(data.get("promptFeedback")) or {}
+        reason = as_str(feedback.get("blockReason"))
+        if reason:
+            raise ContentBlockedError(f"prompt blocked by Gemini: {reason}", reason=reason, provider=self.name,
+                                      model=model)
         candidates = data.get("candidates")
         if not candidates:
-            reason = (data.get("promptFeedback") or {}).get("blockReason")
-            if reason:
-                raise ContentBlockedError(f"prompt blocked by Gemini: {reason}", reason=reason,
-                                          provider=self.name, model=model)
+            return None
+        cand = candidates[0] if isinstance(candidates, list) else None
+        if not isinstance(cand, dict):
+            raise self.shape_error("candidates[0]", cand if cand is not None else candidates, "an object",
+                                   model=model)
+        content = cand.get("content") or {}
+        if not isinstance(content, dict):
+            raise self.shape_error("candidates[0].content", content, "an object", model=model)
+        try:
+            text, thought, calls = _split_parts(content.get("parts"))
+        except ValueError as exc:
+            raise ResponseParseError(f"reply's candidates[0].{exc}", provider=self.name, model=model) from None
+        return text, thought, calls, as_str(cand.get("finishReason"))
+
+    def parse_response(self, data: Dict[str, Any], *, model: str) -> ChatCompletionResult:
+        found = self._candidate(data, model)
+        if found is None:
             raise ResponseParseError("reply has no candidates", provider=self.name, model=model)
-        cand = candidates[0]
-        text, thought, calls = _split_parts((cand.get("content") or {}).get("parts"))
-        finish = cand.get("finishReason")
+        text, thought, calls, finish = found
         if finish in BLOCK_FINISH and not text and not calls:
             raise ContentBlockedError(f"reply blocked by Gemini: {finish}", reason=finish, provider=self.name,
                                       model=model)
         return ChatCompletionResult(content=text, usage=to_usage(data.get("usageMetadata")),
                                     reasoning_content=thought or None, tool_calls=calls or None,
-                                    finish_reason=FINISH.get(finish, finish.lower() if finish else None))
+                                    finish_reason=FINISH.get(finish, finish.lower()) if finish else None)
 
     def parse_stream_line(self, line: str, *, model: str) -> Optional[StreamEvent]:
         if not line.startswith("data:"):
             return None
         chunk = decode_sse_json(line[5:], provider=self.name, model=model, redact=self.redact)
-        reason = (chunk.get("promptFeedback") or {}).get("blockReason")
-        if reason:
-            raise ContentBlockedError(f"prompt blocked by Gemini: {reason}", reason=reason, provider=self.name,
-                                      model=model)
+        found = self._candidate(chunk, model)
         event = StreamEvent(usage=to_usage(chunk.get("usageMetadata")), raw=chunk)
-        candidates = chunk.get("candidates") or ()
-        if candidates:
-            text, thought, _ = _split_parts((candidates[0].get("content") or {}).get("parts"))
-            event.content, event.reasoning = text, thought
-            finish = candidates[0].get("finishReason")
+        if found is not None:
+            event.content, event.reasoning, _, finish = found
             if finish:
                 event.finish_reason = FINISH.get(finish, finish.lower())
         return event
@@ -325,11 +354,12 @@ class GeminiAdapter(ProviderAdapter):
         cls = status_error_class(status_code)
         code = None
         if isinstance(err, dict):
-            code = err.get("status")
+            code = as_str(err.get("status"))
             message = str(err.get("message") or "")
             if code:
                 message = f"{message} ({code})" if len(message) < 400 else f"({code}) {message}"
-            for detail in err.get("details") or ():
+            details = err.get("details")
+            for detail in details if isinstance(details, list) else ():
                 kind = str(detail.get("@type", "")) if isinstance(detail, dict) else ""
                 if kind.endswith("google.rpc.RetryInfo"):
                     retry_after = _duration(detail.get("retryDelay"))

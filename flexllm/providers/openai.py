@@ -7,8 +7,8 @@ from urllib.parse import urlsplit
 
 from ..errors import APIStatusError, QuotaExceededError, ResponseParseError, status_error_class
 from ..types import ChatCompletionResult, StreamEvent
-from .base import LIBRARY_KWARGS, MAX_ERROR_TEXT, ProviderAdapter, RequestSpec, check_headers, clean_secret, \
-    decode_sse_json
+from .base import LIBRARY_KWARGS, MAX_ERROR_TEXT, ProviderAdapter, RequestSpec, as_dict, as_str, check_headers, \
+    clean_secret, decode_sse_json
 from .registry import Provider, foreign_params, register
 
 __all__ = ["OpenAIAdapter", "endpoint_kind", "split_thoughts", "thinking_params"]
@@ -53,7 +53,8 @@ def split_thoughts(message: Mapping[str, Any]) -> Dict[str, str]:
     """`{"thought", "answer"}` of one assistant message: reasoning field, else `<think>` tags in the content."""
     content = message.get("content") or ""
     if not isinstance(content, str):  # list of parts
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        content = "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)) \
+            if isinstance(content, list) else ""
     for field in ("reasoning_content", "reasoning"):
         thought = message.get(field)
         if isinstance(thought, str) and thought:
@@ -119,22 +120,28 @@ class OpenAIAdapter(ProviderAdapter):
         return RequestSpec("POST", self._url, headers, body, params.get("timeout"))
 
     def parse_response(self, data: Dict[str, Any], *, model: str) -> ChatCompletionResult:
-        try:
-            choice = data["choices"][0]
-            message = choice["message"]
-        except (KeyError, IndexError, TypeError):
-            detail = data.get("error") if isinstance(data, dict) else None
+        choices = data.get("choices")
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            detail = data.get("error")
             raise ResponseParseError(
-                "reply has no choices[0].message"
+                "reply has no choices[0].message object"
                 + (f" (server said: {self.redact(str(detail))[:MAX_ERROR_TEXT]})" if detail else ""),
-                provider=self.name, model=model) from None
+                provider=self.name, model=model)
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise self.shape_error("choices[0].message.content", content, "a string", model=model)
+        tool_calls = message.get("tool_calls") or None
+        if tool_calls is not None and not (isinstance(tool_calls, list) and all(isinstance(c, dict) for c in tool_calls)):
+            raise self.shape_error("choices[0].message.tool_calls", tool_calls, "a list of objects", model=model)
         parts = split_thoughts(message)
         return ChatCompletionResult(
             content=parts["answer"],
-            usage=data.get("usage"),
+            usage=as_dict(data.get("usage")),
             reasoning_content=parts["thought"] or None,
-            tool_calls=message.get("tool_calls") or None,
-            finish_reason=choice.get("finish_reason"),
+            tool_calls=tool_calls,
+            finish_reason=as_str(choice.get("finish_reason")),
         )
 
     def parse_stream_line(self, line: str, *, model: str) -> Optional[StreamEvent]:
@@ -144,14 +151,22 @@ class OpenAIAdapter(ProviderAdapter):
         if payload == "[DONE]":
             return StreamEvent(done=True)
         chunk = decode_sse_json(payload, provider=self.name, model=model, redact=self.redact)
-        event = StreamEvent(usage=chunk.get("usage"), raw=chunk)
-        choices = chunk.get("choices") or ()
+        event = StreamEvent(usage=as_dict(chunk.get("usage")), raw=chunk)
+        choices = chunk.get("choices")
         if choices:
-            choice = choices[0]
+            choice = choices[0] if isinstance(choices, list) else None
+            if not isinstance(choice, dict):
+                raise self.shape_error("stream choices[0]", choice if choice is not None else choices, "an object",
+                                       model=model)
             delta = choice.get("delta") or {}
-            event.content = delta.get("content") or ""
-            event.reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
-            event.finish_reason = choice.get("finish_reason")
+            if not isinstance(delta, dict):
+                raise self.shape_error("stream choices[0].delta", delta, "an object", model=model)
+            content = delta.get("content") or ""
+            if not isinstance(content, str):
+                raise self.shape_error("stream choices[0].delta.content", content, "a string", model=model)
+            event.content = content
+            event.reasoning = as_str(delta.get("reasoning_content")) or as_str(delta.get("reasoning")) or ""
+            event.finish_reason = as_str(choice.get("finish_reason"))
         return event
 
     def stream_complete(self, saw_done: bool, finish_reason: Optional[str]) -> bool:
