@@ -157,6 +157,29 @@ class ClientAPI:
                                           lambda: self.iter_chat_completions_batch(messages_list, **kwargs)):
             yield item
 
+    def submit_batch(self, messages_list: Iterable[List[dict]], output_file: str = "out.jsonl",
+                     metadata_list: Optional[List[dict]] = None, wait: bool = False,
+                     fallback_online_after: Optional[float] = None, *, model: Optional[str] = None,
+                     poll_interval: float = 30.0, show_progress: bool = False, skip_cache: bool = False,
+                     dry_run: bool = False, **kwargs: Any) -> Dict[str, Any]:
+        """Half-price provider batch (OpenAI Batch API, Gemini batch mode): collect, submit, return a summary.
+
+        Call it again (e.g. from cron) with the same arguments to collect finished batches into
+        `output_file` and submit what is left; `wait=True` polls until nothing is in flight;
+        `fallback_online_after` (hours) sends items of a batch unfinished after that long through the
+        live engine. See `flexllm.provider_batch` and README "Half-price batches".
+        """
+        from .provider_batch import ProviderBatchJob
+
+        job = ProviderBatchJob(self, self._model(model), kwargs, output_file=output_file,
+                               metadata_list=metadata_list, wait=wait, fallback_online_after=fallback_online_after,
+                               poll_interval=poll_interval, show_progress=show_progress, skip_cache=skip_cache)
+        return job.run(messages_list, dry_run=dry_run)
+
+    async def asubmit_batch(self, messages_list: Iterable[List[dict]], **kwargs: Any) -> Dict[str, Any]:
+        """Async twin of `submit_batch`."""
+        return await run_in_thread(self._pool(), lambda: self.submit_batch(messages_list, **kwargs))
+
     # -- resources -----------------------------------------------------------------------------------
     def __enter__(self) -> "ClientAPI":
         return self

@@ -1,7 +1,8 @@
 """The `flexllm` command: run JSONL batch jobs from cron, ask one question, serve the mock, price a job.
 
 Exit codes of `flexllm batch`: 0 every item succeeded; 1 some failed (a rerun retries them), the run
-stopped early, or another run holds the output file; 2 usage or input errors; 130 interrupted.
+stopped early, or another run holds the output file; 2 usage or input errors; 130 interrupted;
+75 (`--provider-batch` only) items are still being processed at the provider: rerun later to collect.
 This is the only module of flexllm that prints.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .providers import names as provider_names
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PENDING = 0, 1, 2, 130, 75
 
 
 class UsageError(Exception):
@@ -72,6 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--limit", type=int, help="only the first N input lines")
     b.add_argument("--no-progress", action="store_true", help="no progress bar / progress log lines")
     b.add_argument("--quiet", action="store_true", help="only warnings and the summary")
+    pb = b.add_argument_group("provider batch mode (half price, results within 24 h; see README)")
+    pb.add_argument("--provider-batch", action="store_true",
+                    help="use the provider's batch API (OpenAI-compatible /v1/batches, Gemini batch mode): each "
+                         "run collects finished batches into the output and submits the rest; exit 75 while "
+                         "items are still at the provider")
+    pb.add_argument("--wait", action="store_true", help="with --provider-batch: poll until nothing is in flight")
+    pb.add_argument("--fallback-online-after", type=float, metavar="HOURS",
+                    help="with --provider-batch: items of a batch unfinished after HOURS go through live requests")
+    pb.add_argument("--poll-interval", type=float, default=30.0, metavar="SECONDS",
+                    help="with --wait: seconds between status checks (default 30)")
+    if not any("--dry-run" in a.option_strings for a in b._actions):
+        b.add_argument("--dry-run", action="store_true", help="count tokens and show the estimated cost; send nothing")
 
     a = sub.add_parser("ask", help="stream the answer to one question to stdout")
     a.add_argument("question", nargs="?", help="the question (read from stdin when omitted)")
@@ -197,6 +210,16 @@ def cmd_batch(args: argparse.Namespace) -> int:
             options["ttl"] = args.cache_ttl
         cache = ResponseCacheConfig(**options)
     client = _client(args, concurrency_limit=args.concurrency, max_qps=args.qps, cache=cache)
+    if args.provider_batch:
+        return _provider_batch(args, client, messages_list, metadata)
+    if getattr(args, "dry_run", False):
+        from .pricing import estimate_batch_cost
+
+        est = estimate_batch_cost(messages_list, model=client.model or "")
+        print(f"dry run: {est['count']} items, {est['input_tokens']} input tokens, estimated input cost "
+              f"${est['input_cost']:.6f} (live); nothing sent", file=sys.stderr)
+        client.close()
+        return EXIT_OK
     try:
         _, summary = client.chat_completions_batch_sync(
             messages_list, output_file=args.output, show_progress=not args.no_progress, return_summary=True,
@@ -216,6 +239,45 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if summary["failed"] or summary.get("stopped_reason"):
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _provider_batch(args: argparse.Namespace, client: Any, messages_list: List[List[dict]],
+                    metadata: List[dict]) -> int:
+    from . import OutputFileLockedError
+
+    try:
+        summary = client.submit_batch(messages_list, output_file=args.output, metadata_list=metadata,
+                                      wait=args.wait, fallback_online_after=args.fallback_online_after,
+                                      poll_interval=args.poll_interval, show_progress=args.wait and not args.no_progress,
+                                      dry_run=getattr(args, "dry_run", False), **_params(args))
+    except OutputFileLockedError as exc:
+        print(f"flexllm: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        print(f"flexllm: interrupted; submitted batches are in {args.output}.batches and results so far in "
+              f"{args.output}. Rerun the same command to collect and continue.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        client.close()
+    lines = [f"output: {args.output} (ledger {args.output}.batches)"]
+    lines += [f"{k}: {v}" for k, v in summary.items() if k != "errors"]
+    if summary.get("errors"):
+        lines.append("errors: " + ", ".join(f"{k} × {v}" for k, v in sorted(summary["errors"].items())))
+    if summary.get("dry_run"):
+        print("\n".join(lines), file=sys.stderr)
+        return EXIT_OK
+    if summary["complete"]:
+        code = EXIT_OK
+    elif summary["in_flight"]:
+        lines.append("items are still at the provider: rerun the same command later to collect them")
+        code = EXIT_PENDING
+    else:
+        lines.append("some items failed or could not be submitted; rerun the same command to retry them")
+        code = EXIT_FAILED
+    print("\n".join(lines), file=sys.stderr)
+    return code
 
 
 def _print_summary(summary: Dict[str, Any], output: str) -> None:

@@ -140,6 +140,21 @@ class Transport:
             finally:
                 response.close()
 
+    def request(self, method: str, url: str, *, headers: Mapping[str, str], model: str, content: Any = None,
+                files: Any = None, data: Any = None, timeout: Optional[float] = None
+                ) -> Tuple[int, Mapping[str, str], bytes]:
+        """One non-chat request (provider batch files and jobs): a body, or multipart `files=`/`data=`."""
+        kwargs: dict = {"headers": headers}
+        if content is not None:
+            kwargs["content"] = content
+        if files is not None:
+            kwargs["files"], kwargs["data"] = files, data
+        if timeout:
+            kwargs["timeout"] = httpx.Timeout(timeout, connect=min(DEFAULT_CONNECT_TIMEOUT, timeout))
+        with _mapped(self.provider, model, self._redact):
+            response = self._get_client().request(method, url, **kwargs)
+            return response.status_code, response.headers, response.content
+
     @contextlib.contextmanager
     def stream(self, spec: RequestSpec, *, model: str) -> Iterator[Tuple[int, Mapping[str, str], Iterator[str]]]:
         """Open a streaming request: (status, headers, iterator of text lines). Closes on exit."""

@@ -11,11 +11,16 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from ._logging import get_logger
 
-__all__ = ["MODEL_PRICING", "PRICES_TAKEN_ON", "estimate_batch_cost", "estimate_cost", "get_model_pricing"]
+__all__ = ["BATCH_DISCOUNT", "MODEL_PRICING", "PRICES_TAKEN_ON", "estimate_batch_cost", "estimate_cost",
+           "get_model_pricing"]
 
 logger = get_logger(__name__)
 
 PRICES_TAKEN_ON = "2025-11-20"
+
+#: provider batch APIs (OpenAI Batch, Anthropic Message Batches, Gemini batch mode) bill this fraction of
+#: the live price for input and output tokens alike (50% at all three on PRICES_TAKEN_ON)
+BATCH_DISCOUNT = 0.5
 
 
 def _p(inp: float, out: float) -> Dict[str, float]:
@@ -61,23 +66,28 @@ def _normalise(model: str) -> str:
     return name
 
 
-def get_model_pricing(model: str) -> Optional[Dict[str, float]]:
+def get_model_pricing(model: str, batch: bool = False) -> Optional[Dict[str, float]]:
     """`{"input", "output"}` USD per token: exact name, else the longest known prefix (so
-    `gpt-4o-mini-2024-07-18` is priced as gpt-4o-mini, never gpt-4o); None when unknown."""
+    `gpt-4o-mini-2024-07-18` is priced as gpt-4o-mini, never gpt-4o); None when unknown.
+    `batch=True`: the provider-batch price (BATCH_DISCOUNT of the live one)."""
     name = _normalise(model)
     table = MODEL_PRICING
-    if name in table:
-        return table[name]
-    best = None
-    for key in table:
-        if name.startswith(key) and (best is None or len(key) > len(best)):
-            best = key
-    return table[best] if best else None
+    found = table.get(name)
+    if found is None:
+        best = None
+        for key in table:
+            if name.startswith(key) and (best is None or len(key) > len(best)):
+                best = key
+        found = table[best] if best else None
+    if found is not None and batch:
+        return {k: v * BATCH_DISCOUNT for k, v in found.items()}
+    return found
 
 
-def estimate_cost(tokens: int, model: str = "gpt-4", is_input: bool = True) -> float:
-    """USD for `tokens` input (or output) tokens of `model`; 0.0 with one warning for an unknown model."""
-    price = get_model_pricing(model)
+def estimate_cost(tokens: int, model: str = "gpt-4", is_input: bool = True, batch: bool = False) -> float:
+    """USD for `tokens` input (or output) tokens of `model` (at the provider-batch price with batch=True);
+    0.0 with one warning for an unknown model."""
+    price = get_model_pricing(model, batch)
     if price is None:
         with _warn_lock:
             if model not in _warned:
@@ -89,9 +99,9 @@ def estimate_cost(tokens: int, model: str = "gpt-4", is_input: bool = True) -> f
 
 
 def estimate_batch_cost(messages_list: Iterable[List[dict]], model: str = "gpt-4",
-                        avg_output_tokens: int = 0) -> Dict[str, Any]:
+                        avg_output_tokens: int = 0, batch: bool = False) -> Dict[str, Any]:
     """Tokens and USD of a batch before it runs: every conversation's prompt tokens, plus
-    `avg_output_tokens` per item if you expect that many back.
+    `avg_output_tokens` per item if you expect that many back (`batch=True`: provider-batch price).
 
     Returns `{"count", "input_tokens", "estimated_output_tokens", "total_tokens", "input_cost",
     "output_cost", "estimated_cost_usd", "model"}` (the keys of flexllm 0.2, plus the split costs).
@@ -104,8 +114,8 @@ def estimate_batch_cost(messages_list: Iterable[List[dict]], model: str = "gpt-4
         count += 1
         input_tokens += count_messages_tokens(messages, model)
     output_tokens = count * int(avg_output_tokens)
-    input_cost = estimate_cost(input_tokens, model, True)
-    output_cost = estimate_cost(output_tokens, model, False) if output_tokens else 0.0
+    input_cost = estimate_cost(input_tokens, model, True, batch)
+    output_cost = estimate_cost(output_tokens, model, False, batch) if output_tokens else 0.0
     return {"count": count, "input_tokens": input_tokens, "estimated_output_tokens": output_tokens,
             "total_tokens": input_tokens + output_tokens, "input_cost": round(input_cost, 6),
             "output_cost": round(output_cost, 6), "estimated_cost_usd": round(input_cost + output_cost, 6),

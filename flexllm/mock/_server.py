@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from .._logging import get_logger
-from . import _schema
+from . import _batches, _schema
 from ._common import Turn
 from ._directives import Rule, collect, strip
 
@@ -111,6 +111,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- verbs ----------------------------------------------------------------------------------------
     def do_GET(self) -> None:  # noqa: N802
+        if self._batch("GET", b""):
+            return
         if self.path.startswith("/_mock/requests"):
             return self._send_json(200, [r.to_dict() for r in self.mock.requests])
         if self.path.startswith("/_mock/health"):
@@ -126,12 +128,48 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.startswith("/_mock/reset"):
             self.mock.clear()
             return self._send_json(200, {"ok": True})
+        if self._batch("POST", raw):
+            return
         self.mock._enter()
         self._in_flight = True
         try:
             self._handle(arrived, raw)
         finally:
             self._reply_started()
+
+    def _batch(self, method: str, raw: bytes) -> bool:
+        """Serve a provider-batch endpoint (see `_batches`); False when the path is not one."""
+        found = _batches.route(method, self.path)
+        if found is None:
+            return False
+        kind, groups = found
+        mock = self.mock
+        path, _, query = self.path.partition("?")
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = {"multipart": True, "bytes": len(raw)}
+        headers = {k.lower(): _redact(k.lower(), v) for k, v in self.headers.items()}
+        rec = RecordedRequest(time.time(), method, path, headers, body, 1)
+        mock._record(rec)
+        dialect = _batches.dialect(kind)
+        if mock.require_key is not None and dialect.api_key(self.headers) != mock.require_key:
+            rec.status, rec.fault = 401, "auth"
+            self._send_json(401, dialect.error_body(401, "mock: invalid API key"))
+            return True
+        latency = mock._latency()
+        if latency > 0:  # also lets a test kill a client while its create call is at the server
+            time.sleep(latency)
+        store = mock.batch_store
+        if kind == "openai":
+            status, payload = store.openai(method, groups, self.headers, raw, query)
+        elif kind == "gemini_create":
+            status, payload = store.gemini_create(groups, raw)
+        else:
+            status, payload = store.gemini(method, groups)
+        rec.status = status
+        self._send_json(status, payload)
+        return True
 
     def _handle(self, arrived: float, raw: bytes) -> None:
         mock = self.mock
@@ -269,6 +307,8 @@ class MockServer:
         self.max_in_flight = 0
         self._httpd: Optional[_HTTPServer] = None
         self._thread: Optional[threading.Thread] = None
+        #: provider batches and files (OpenAI /v1/files + /v1/batches, Gemini batch mode)
+        self.batch_store = _batches.BatchStore(self)
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> "MockServer":
@@ -329,6 +369,7 @@ class MockServer:
             self._rules.clear()
             self.max_in_flight = 0
             self._rng = random.Random(self._seed)
+        self.batch_store.clear()
 
     def add_rule(self, contains: Optional[str] = None, path_contains: Optional[str] = None, **directives: Any) -> None:
         """Apply `directives` (same keys as `[[mock:...]]`) to requests whose text contains `contains`."""
@@ -337,11 +378,19 @@ class MockServer:
                                      for k, v in directives.items()}, contains, path_contains))
 
     def configure(self, **settings: Any) -> None:
-        """Change latency, jitter or error_rate while serving."""
+        """Change latency, jitter, error_rate or batch_time_scale (mock seconds per real second) while serving."""
         for key, value in settings.items():
+            if key == "batch_time_scale":
+                self.batch_store.time_scale = float(value)
+                continue
             if key not in ("latency", "jitter", "error_rate"):
                 raise ValueError(f"unknown setting {key!r}")
             setattr(self, key, float(value))
+
+    @property
+    def batches(self) -> List[Dict[str, Any]]:
+        """The provider batches created so far: id, provider, tag, custom_ids, fault, current status."""
+        return self.batch_store.snapshot()
 
     # -- used by the handler ------------------------------------------------------------------------
     def _rules_snapshot(self) -> List[Rule]:

@@ -1,0 +1,529 @@
+"""Provider batch mode: half-price batches that a cron job submits, leaves, and collects on its next run.
+
+`client.submit_batch(messages_list, output_file=...)` (and `flexllm batch --provider-batch`) does, in one
+run: (1) read the ledger `<output>.batches` (format in `flexllm._batch_ledger`) and the output file;
+(2) resolve submissions a killed run left half-done (list the provider's batches, match our tag);
+(3) collect every finished provider batch into the output file (same record format as live batches,
+plus `"via": "provider-batch"`) and the response cache; (4) submit every item that is neither done nor
+in flight, split to the provider's caps, one model per batch; (5) return a summary. With `wait=True` it
+polls until nothing is in flight. Items of expired, failed or cancelled batches are free again and are
+submitted by the next run; per-item errors are recorded like live errors (and retried by the next run).
+Each run submits an item at most once.
+
+Crash safety: the payload is uploaded first; an `intent` line (with a unique tag that also goes into
+the provider batch's metadata) is on disk before `create`; `created` right after. A run killed between
+the two is resolved by the next run from the provider's list of batches, so an item is never in two
+live batches without the ledger knowing. Results are appended before the `collected` line, and items
+already done are skipped, so a run killed during download loses nothing and writes nothing twice.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import json as _json
+import os
+import time
+import uuid
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+from ._api import check_messages
+from ._batch_ledger import Ledger, LedgerBatch, format_ranges
+from ._checkpoint import Checkpoint
+from ._hashing import messages_hash
+from ._logging import get_logger
+from ._pipeline import _decode, cache_entry, result_from_cache
+from .errors import APIStatusError, LLMError, NotFoundError, ResponseParseError
+from .http import dumps
+from .pricing import BATCH_DISCOUNT, get_model_pricing
+from .progress import BatchProgress
+from .providers.batch_base import TERMINAL, BatchAPI, BatchState
+
+__all__ = ["ProviderBatchJob", "batch_api_for", "custom_id"]
+
+logger = get_logger("flexllm")
+
+VIA = "provider-batch"
+GONE = "gone"  # our state for a batch the provider no longer knows (HTTP 404)
+_HASH_LEN = 12
+
+
+def batch_api_for(adapter: Any, call: Callable[..., Any]) -> BatchAPI:
+    """The batch API of the adapter's provider; ValueError for providers without one."""
+    if adapter.name == "openai":
+        from .providers.openai_batch import OpenAIBatchAPI
+
+        return OpenAIBatchAPI(adapter, call)
+    if adapter.name == "gemini":
+        from .providers.gemini_batch import GeminiBatchAPI
+
+        return GeminiBatchAPI(adapter, call)
+    raise ValueError(f"provider batch mode is not available for provider {adapter.name!r}")
+
+
+class _Caller:
+    """HTTP for the batch API: the client's transport, retry policy and error mapping."""
+
+    def __init__(self, pipeline: Any, model: str) -> None:
+        self.pipeline, self.adapter, self.model = pipeline, pipeline.adapter, model
+        spec = self.adapter.build_request([{"role": "user", "content": "x"}], model, {})
+        self.headers = {k: v for k, v in spec.headers.items() if k.lower() not in ("content-type", "accept")}
+
+    def __call__(self, method: str, url: str, *, json: Any = None, content: Optional[bytes] = None,
+                 files: Optional[Dict[str, Any]] = None, data: Any = None, retry: bool = True,
+                 raw: bool = False) -> Any:
+        headers = dict(self.headers)
+        if json is not None:
+            content = dumps(json)
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+
+        def once() -> Any:
+            for value in (files or {}).values():
+                value[1].seek(0)  # a retried upload starts from the top of the file
+            status, reply_headers, body = self.pipeline.transport.request(
+                method, url, headers=headers, model=self.model, content=content, files=files, data=data)
+            if not 200 <= status < 300:
+                raise self.adapter.map_error(status, _decode(body), reply_headers, model=self.model)
+            if raw:
+                return body
+            try:
+                return _json.loads(body)
+            except ValueError:
+                raise ResponseParseError(f"HTTP {status} reply to {method} is not JSON: {body[:200]!r}",
+                                         provider=self.adapter.name, model=self.model) from None
+
+        return self.pipeline.retry.call(once) if retry else once()
+
+
+def custom_id(index: int, messages: Any) -> str:
+    """`<index>-<hash of the messages>`: joins results to inputs and notices inputs edited meanwhile."""
+    return f"{index}-{messages_hash(messages)[:_HASH_LEN]}"
+
+
+def _iso(ts: Optional[float]) -> Optional[str]:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds") if ts else None
+
+
+class ProviderBatchJob:
+    """One run of provider batch mode over one output file (see the module docstring)."""
+
+    def __init__(self, client: Any, model: str, params: Dict[str, Any], *, output_file: str,
+                 metadata_list: Optional[Sequence[Any]] = None, wait: bool = False,
+                 fallback_online_after: Optional[float] = None, poll_interval: float = 30.0,
+                 show_progress: bool = False, skip_cache: bool = False, max_requests: Optional[int] = None,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
+        if not output_file:
+            raise ValueError("provider batch mode needs output_file= (results and the ledger live beside it)")
+        if fallback_online_after is not None and fallback_online_after < 0:
+            raise ValueError(f"fallback_online_after must be >= 0 hours, got {fallback_online_after!r}")
+        self.client, self.model, self.params = client, model, params
+        self.output_file, self.metadata_list = output_file, metadata_list
+        self.wait, self.fallback_after = wait, fallback_online_after
+        self.poll_interval, self.show_progress, self.skip_cache = poll_interval, show_progress, skip_cache
+        self.max_requests = max_requests
+        self._clock, self._sleep = clock, sleep
+        self.pipeline = client._batch_runner()
+        if not hasattr(self.pipeline, "adapter"):
+            raise ValueError("provider batch mode needs a single-endpoint client (LLMClient, OpenAIClient, "
+                             "GeminiClient), not a pool")
+        self.adapter = self.pipeline.adapter
+        self.api = batch_api_for(self.adapter, _Caller(self.pipeline, model))
+        self.counts: Counter = Counter()
+        self.tokens: Counter = Counter()
+        self.errors: Counter = Counter()
+        self._submitted_now: set = set()
+
+    # -- the run -------------------------------------------------------------------------------------
+    def run(self, messages_list: Iterable[Any], *, dry_run: bool = False) -> Dict[str, Any]:
+        """Collect, submit, (wait,) summarise. Raises ValueError before any request on unusable input."""
+        self.messages = messages_list if isinstance(messages_list, Sequence) else list(messages_list)
+        total = len(self.messages)
+        if self.metadata_list is not None and len(self.metadata_list) != total:
+            raise ValueError(f"metadata_list has {len(self.metadata_list)} entries but messages_list has {total}; "
+                             "they must be the same length")
+        self.checkpoint = Checkpoint(self.output_file).open()
+        clean = False
+        try:
+            self.checkpoint.validate(self.messages, total)
+            self.ledger = Ledger(self.checkpoint.path + ".batches").open()
+            try:
+                self.counts["resumed"] = len(self.checkpoint.done)
+                if dry_run:
+                    return self._dry_run()
+                for stray in glob.glob(glob.escape(self.checkpoint.path) + ".upload-*.jsonl"):
+                    os.unlink(stray)  # payload of a run killed mid-upload (we hold the lock: nobody uses it)
+                self.progress = BatchProgress(total, enabled=self.show_progress, description="provider batch")
+                try:
+                    self._loop()
+                finally:
+                    self.progress.close()
+                clean = True
+                return self.summary()
+            finally:
+                self.ledger.close()
+        finally:
+            self.checkpoint.close(compact=clean)
+
+    def _loop(self) -> None:
+        for b in [b for b in self.ledger.batches.values() if b.unresolved]:
+            self._resolve(b)
+        while True:
+            for b in [b for b in self.ledger.batches.values() if b.live]:
+                self._poll(b)
+            self._submit()
+            if not self.wait or not self.ledger.in_flight():
+                return
+            self._sleep(self.poll_interval)
+
+    # -- resolve / poll / collect --------------------------------------------------------------------
+    def _resolve(self, b: LedgerBatch) -> None:
+        """An intent without `created`: ask the provider whether the batch exists (match our tag)."""
+        try:
+            state = self.api.find(b.tag, b.submitted_at)
+        except LLMError as exc:
+            logger.warning("cannot list %s batches to resolve submission %s (%s); its %d items stay reserved "
+                           "until a later run can", self.api.name, b.tag, exc, b.n)
+            return
+        if state is None:
+            self.ledger.append("abandoned", b.tag, reason="no batch with this tag at the provider")
+            logger.info("submission %s was never created at %s: its %d items will be submitted again",
+                        b.tag, self.api.name, b.n)
+        else:
+            self.ledger.append("created", b.tag, batch_id=state.batch_id, expires_at=state.expires_at,
+                               resolved=True)
+
+    def _poll(self, b: LedgerBatch) -> None:
+        try:
+            state = self.api.status(b.batch_id)  # type: ignore[arg-type]
+        except NotFoundError as exc:  # deleted, archived, or another account/server: its items come back
+            logger.warning("batch %s is unknown to the provider (%s): its unfinished items will be submitted "
+                           "again", b.batch_id, exc)
+            self._collect(b, BatchState(GONE, "not_found", b.batch_id or ""), download=False)
+            return
+        except LLMError as exc:
+            logger.warning("cannot read the status of batch %s (%s); it stays in flight", b.batch_id, exc)
+            return
+        if state.status != b.status:
+            self.ledger.append("status", b.tag, batch_id=b.batch_id, status=state.status, counts=state.counts or None)
+        if state.expires_at and not b.expires_at:
+            b.expires_at = state.expires_at
+        if state.state in TERMINAL:
+            self._collect(b, state)
+        elif self._overdue(b):
+            self._fallback(b)
+
+    def _collect(self, b: LedgerBatch, state: BatchState, download: bool = True) -> None:
+        indexes = sorted(b.index_set())
+        ids = [custom_id(i, self.messages[i]) if i < len(self.messages) else "" for i in indexes]
+        succeeded = errored = 0
+        answered: set = set()
+        results = self.api.results(b.batch_id, state, ids) if download else ()  # type: ignore[arg-type]
+        for item in results:
+            index_text, _, digest = item.custom_id.partition("-")
+            if not index_text.isdigit() or int(index_text) not in b.index_set():
+                logger.warning("batch %s returned an unknown custom_id %r: ignored", b.batch_id, item.custom_id)
+                continue
+            index = int(index_text)
+            if item.returned:
+                continue
+            answered.add(index)
+            if index in self.checkpoint.done:
+                continue  # collected by a run that died before its `collected` line, or done live
+            messages = self.messages[index]
+            if digest != custom_id(index, messages).partition("-")[2]:
+                self._write_error(index, "InputChangedError: the input at this index changed after it was "
+                                  f"submitted in batch {b.batch_id}; it will be submitted again", b)
+                errored += 1
+            elif item.body is not None:
+                try:
+                    result = self.adapter.parse_response(item.body, model=self.model)
+                except LLMError as exc:
+                    self._write_error(index, f"{type(exc).__name__}: {exc}", b)
+                    errored += 1
+                    continue
+                self._write_success(index, result, b)
+                succeeded += 1
+            else:
+                self._write_error(index, item.error or "BatchItemError: no result", b)
+                errored += 1
+        returned = len(indexes) - len(answered)
+        if state.error:
+            logger.warning("batch %s ended %s: %s", b.batch_id, state.status, state.error)
+        if returned:
+            self.counts["returned"] += returned
+            logger.info("batch %s ended %s: %d items without a result will be submitted again", b.batch_id,
+                        state.status, returned)
+        self.ledger.append("collected", b.tag, batch_id=b.batch_id, status=state.status, succeeded=succeeded,
+                           errored=errored, returned=returned)
+        self.counts["batches_collected"] += 1
+
+    def _overdue(self, b: LedgerBatch) -> bool:
+        return self.fallback_after is not None and not b.fallback and \
+            self._clock() - b.submitted_at >= self.fallback_after * 3600
+
+    def _fallback(self, b: LedgerBatch) -> None:
+        """Cancel an overdue batch and send its unfinished items through the live engine."""
+        try:
+            self.api.cancel(b.batch_id)  # type: ignore[arg-type]
+        except LLMError as exc:
+            logger.warning("could not cancel overdue batch %s (%s); its late results will be ignored",
+                           b.batch_id, exc)
+        self.ledger.append("fallback", b.tag, batch_id=b.batch_id)
+        todo = [i for i in sorted(b.index_set()) if i not in self.checkpoint.done]
+        logger.info("batch %s unfinished after %s h: %d items go through the live engine", b.batch_id,
+                    self.fallback_after, len(todo))
+        items = self.client.iter_chat_completions_batch([self.messages[i] for i in todo], output_file=None,
+                                                        show_progress=False, model=self.model,
+                                                        skip_cache=self.skip_cache, **self.params)
+        for item in items:
+            index = todo[item.index]
+            self.counts["fallback_online"] += 1
+            if item.status == "error":
+                self._write_error(index, item.error or "error", b, via="live")
+            else:
+                record = self._record(index, item.status, item.content, item.usage, None, "live",
+                                      item.reasoning_content, latency=item.latency)
+                self._append(record, item.status, item.usage, rate=1.0 if item.status == "success" else 0.0)
+
+    # -- submit --------------------------------------------------------------------------------------
+    def _free(self) -> Iterable[int]:
+        busy = self.ledger.busy_indexes()
+        done = self.checkpoint.done
+        for i in range(len(self.messages)):
+            if i not in done and i not in busy and i not in self._submitted_now:
+                yield i
+
+    def _submit(self) -> None:
+        cap_n = min(self.api.MAX_REQUESTS, self.max_requests or self.api.MAX_REQUESTS)
+        cap_bytes = self.api.MAX_BYTES
+        chunk: List[int] = []
+        tag = path = None
+        f = None
+        size = 0
+        try:
+            for index in self._cache_filtered(self._free()):
+                line = self._line(index)
+                if line is None:
+                    continue
+                if chunk and (len(chunk) >= cap_n or size + len(line) > cap_bytes):
+                    f.close()  # type: ignore[union-attr]
+                    self._create(tag, chunk, path, size)  # type: ignore[arg-type]
+                    chunk, size, f = [], 0, None
+                if f is None:
+                    tag = f"flexllm-{uuid.uuid4().hex[:20]}"
+                    path = f"{self.checkpoint.path}.upload-{tag}.jsonl"
+                    f = open(path, "wb")
+                f.write(line)
+                size += len(line)
+                chunk.append(index)
+            if chunk:
+                f.close()  # type: ignore[union-attr]
+                self._create(tag, chunk, path, size)  # type: ignore[arg-type]
+        finally:
+            if f is not None and not f.closed:
+                f.close()
+                os.unlink(path)  # type: ignore[arg-type]
+
+    def _cache_filtered(self, indexes: Iterable[int]) -> Iterable[int]:
+        """Indexes whose answer is not in the response cache (cached ones are recorded at once)."""
+        cache = None if self.skip_cache else self.pipeline.cache
+        if cache is None:
+            yield from indexes
+            return
+        batch: List[int] = []
+        for index in list(indexes) + [-1]:
+            if index >= 0:
+                batch.append(index)
+                if len(batch) < 256:
+                    continue
+            valid = [i for i in batch if _valid(self.messages[i])]
+            hits = self.pipeline.cached_many([(self.messages[i], self.model, self.params) for i in valid])
+            hit_of = dict(zip(valid, hits))
+            for i in batch:
+                hit = hit_of.get(i)
+                if hit is None:
+                    yield i
+                    continue
+                r = result_from_cache(hit)
+                self._append(self._record(i, "cached", r.content, r.usage, None, None, r.reasoning_content),
+                             "cached", r.usage, rate=0.0)
+            batch = []
+
+    def _line(self, index: int) -> Optional[bytes]:
+        messages = self.messages[index]
+        try:
+            check_messages(messages)
+            spec = self.adapter.build_request(messages, self.model, self.params)
+        except ValueError as exc:  # this item fails alone, like in a live batch
+            self._write_error(index, f"ValueError: item {index}: {exc}", None)
+            self._submitted_now.add(index)
+            return None
+        entry = self.api.line(custom_id(index, messages), spec)
+        return json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+    def _create(self, tag: str, chunk: List[int], path: str, size: int) -> None:
+        """Upload, write the intent, create, write `created` (the order that makes SIGKILL safe)."""
+        self._submitted_now.update(chunk)
+        try:
+            try:
+                file_id = self.api.upload(path, tag) if self.api.uploads_file else None
+            except LLMError as exc:
+                self._submit_failed(chunk, f"upload failed: {exc}", exc)
+                return
+            self.ledger.append("intent", tag, provider=self.api.name, model=self.model,
+                               indexes=format_ranges(chunk), n=len(chunk), bytes=size, file_id=file_id)
+            try:
+                state = self.api.create(self.model, tag, file_id, path)
+            except LLMError as exc:
+                if _definitive(exc):
+                    self.ledger.append("abandoned", tag, reason=f"create failed: {exc}"[:500])
+                    self._submit_failed(chunk, f"create failed: {exc}", exc)
+                else:  # the batch may exist: ask the provider (tag match) instead of guessing
+                    logger.warning("create of batch %s failed (%s): checking whether it exists", tag, exc)
+                    self._resolve(self.ledger.batches[tag])
+                    if self.ledger.batches[tag].abandoned:
+                        self._submit_failed(chunk, f"create failed: {exc}", exc)
+                return
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
+        self.ledger.append("created", tag, batch_id=state.batch_id, expires_at=state.expires_at)
+        self.counts["submitted"] += len(chunk)
+        self.counts["batches_submitted"] += 1
+        logger.info("submitted %d items as %s batch %s", len(chunk), self.api.name, state.batch_id)
+
+    def _submit_failed(self, chunk: List[int], message: str, exc: BaseException) -> None:
+        self.errors[type(exc).__name__] += 1
+        self.counts["submit_failed"] += len(chunk)
+        logger.error("could not submit %d items: %s (they stay unsubmitted; rerun to try again)", len(chunk),
+                     message)
+
+    # -- records -------------------------------------------------------------------------------------
+    def _record(self, index: int, status: str, output: Optional[str], usage: Optional[dict],
+                error: Optional[str], via: Optional[str], reasoning: Optional[str] = None,
+                batch_id: Optional[str] = None, latency: float = 0.0) -> Dict[str, Any]:
+        record: Dict[str, Any] = {"index": index, "status": status, "output": output, "input": self.messages[index]}
+        if self.metadata_list is not None:
+            record["metadata"] = self.metadata_list[index]
+        record["usage"] = usage
+        record["latency"] = round(latency, 4)
+        if reasoning:
+            record["reasoning_content"] = reasoning
+        if error is not None:
+            record["error"] = error
+        if via:
+            record["via"] = via
+        if batch_id:
+            record["batch_id"] = batch_id
+        return record
+
+    def _append(self, record: Dict[str, Any], status: str, usage: Optional[dict], rate: float) -> None:
+        self.checkpoint.append(record)
+        index = record["index"]
+        if status in ("success", "cached"):
+            self.checkpoint.done[index] = record
+        self.counts["failed" if status == "error" else status] += 1
+        if status == "error":
+            self.errors[record.get("error", "error").split(":", 1)[0]] += 1
+        if status == "success" and usage:
+            cost = _cost(self.model, usage) * rate
+            self.tokens["cost"] += cost
+            for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+                if isinstance(usage.get(key), int):
+                    self.tokens[key] += usage[key]
+        self.progress.advance(status, (usage or {}).get("total_tokens") or 0)
+
+    def _write_success(self, index: int, result: Any, b: LedgerBatch) -> None:
+        record = self._record(index, "success", result.content, result.usage, None, VIA, result.reasoning_content,
+                              b.batch_id)
+        self._append(record, "success", result.usage, rate=BATCH_DISCOUNT)
+        self.counts["collected"] += 1
+        cache = None if self.skip_cache else self.pipeline.cache
+        if cache is not None:
+            cache.set(self.pipeline.cache_key(self.messages[index], self.model, self.params), cache_entry(result))
+
+    def _write_error(self, index: int, error: str, b: Optional[LedgerBatch], via: str = VIA) -> None:
+        record = self._record(index, "error", None, None, error, via, batch_id=b.batch_id if b else None)
+        self._append(record, "error", None, rate=0.0)
+
+    # -- summary -------------------------------------------------------------------------------------
+    def summary(self) -> Dict[str, Any]:
+        """What this run did and where the job stands (see README "Half-price batches")."""
+        in_flight = self.ledger.in_flight()
+        finishes = [b.expires_at for b in in_flight if b.expires_at]
+        job_cost = job_live = 0.0
+        for record in self.checkpoint.done.values():
+            if record.get("status") == "success" and record.get("usage"):
+                live = _cost(self.model, record["usage"])
+                job_live += live
+                job_cost += live * (BATCH_DISCOUNT if record.get("via") == VIA else 1.0)
+        total = len(self.messages)
+        done = len(self.checkpoint.done)
+        out = {
+            "total": total,
+            "done": done,
+            "resumed": self.counts["resumed"],
+            "submitted": self.counts["submitted"],
+            "batches_submitted": self.counts["batches_submitted"],
+            "in_flight": sum(b.n for b in in_flight),
+            "batches_in_flight": len(in_flight),
+            "collected": self.counts["collected"],
+            "batches_collected": self.counts["batches_collected"],
+            "cached": self.counts["cached"],
+            "failed": self.counts["failed"],
+            "returned": self.counts["returned"],
+            "fallback_online": self.counts["fallback_online"],
+            "submit_failed": self.counts["submit_failed"],
+            "earliest_expected_finish": _iso(min(finishes)) if finishes else None,
+            "prompt_tokens": self.tokens["prompt_tokens"],
+            "completion_tokens": self.tokens["completion_tokens"],
+            "total_tokens": self.tokens["total_tokens"],
+            "estimated_cost_usd": round(self.tokens["cost"], 8),
+            "job_cost_usd": round(job_cost, 8),
+            "job_live_cost_usd": round(job_live, 8),
+            "complete": done == total,
+            "errors": dict(self.errors),
+            "provider": self.api.name,
+            "model": self.model,
+        }
+        return out
+
+    def _dry_run(self) -> Dict[str, Any]:
+        from .pricing import estimate_batch_cost
+
+        busy = self.ledger.busy_indexes()
+        todo = [i for i in range(len(self.messages)) if i not in self.checkpoint.done and i not in busy]
+        est = estimate_batch_cost((self.messages[i] for i in todo), model=self.model)
+        cap = min(self.api.MAX_REQUESTS, self.max_requests or self.api.MAX_REQUESTS)
+        price = get_model_pricing(self.model)
+        return {"dry_run": True, "provider": self.api.name, "model": self.model, "total": len(self.messages),
+                "done": len(self.checkpoint.done), "in_flight": len(busy & set(range(len(self.messages)))),
+                "to_submit": len(todo), "batches": -(-len(todo) // cap), "input_tokens": est["input_tokens"],
+                "estimated_input_cost_usd": round(est["input_cost"] * BATCH_DISCOUNT, 6) if price else None,
+                "live_input_cost_usd": round(est["input_cost"], 6) if price else None}
+
+
+def _cost(model: str, usage: Dict[str, Any]) -> float:
+    price = get_model_pricing(model)
+    if not price:
+        return 0.0
+    prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+    return prompt * price["input"] + completion * price["output"]
+
+
+def _valid(messages: Any) -> bool:
+    try:
+        check_messages(messages)
+        return True
+    except ValueError:
+        return False
+
+
+def _definitive(exc: LLMError) -> bool:
+    """A create that the provider clearly refused (4xx other than 408/409/429): no batch exists."""
+    status = getattr(exc, "status_code", None)
+    return isinstance(exc, APIStatusError) and status is not None and 400 <= status < 500 and \
+        status not in (408, 409, 429)
+

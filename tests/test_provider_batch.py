@@ -1,0 +1,362 @@
+"""Provider batch mode (half-price batches) over HTTP against the mock's OpenAI and Gemini batch endpoints."""
+import json
+from collections import Counter
+
+import pytest
+
+from flexllm import LLMClient, OutputFileLockedError, ResponseCacheConfig
+from flexllm._batch_ledger import format_ranges, parse_ranges
+from flexllm._checkpoint import Checkpoint
+from flexllm.pricing import BATCH_DISCOUNT, get_model_pricing
+from flexllm.providers.openai_batch import OpenAIBatchAPI
+
+from .conftest import read_records, wait_for
+
+FAST = 86400 * 20  # mock seconds per real second: a 1 h batch takes ~2 ms, the 24 h window ~50 ms
+TERMINAL = ("completed", "expired", "failed", "cancelled")
+
+
+def prompts(n, fmt="q{}"):
+    return [[{"role": "user", "content": fmt.format(i)}] for i in range(n)]
+
+
+def openai_client(server, **kw):
+    kw.setdefault("model", "gpt-4o-mini")
+    return LLMClient(base_url=server.url, retry_times=0, **kw)
+
+
+def gemini_client(server, **kw):
+    return LLMClient(model="gemini-2.5-flash", base_url=server.root_url, api_key="gk-test", provider="gemini",
+                     retry_times=0, **kw)
+
+
+def ledger(path):
+    return [json.loads(line) for line in open(str(path) + ".batches")]
+
+
+def settle(server):
+    wait_for(lambda: all(b["status"] in TERMINAL for b in server.batches), what="mock batches to finish")
+
+
+def by_index(path):
+    out = {}
+    for r in read_records(path):
+        if r["status"] in ("success", "cached") or r["index"] not in out:
+            out[r["index"]] = r
+    return out
+
+
+def test_ranges_round_trip():
+    assert format_ranges([5, 0, 1, 2, 7, 8, 10]) == "0-2,5,7-8,10"
+    assert list(parse_ranges("0-2,5,7-8,10")) == [0, 1, 2, 5, 7, 8, 10]
+    assert format_ranges([]) == "" and list(parse_ranges("")) == []
+
+
+def test_batch_price_is_half_the_live_price():
+    live, batch = get_model_pricing("gpt-4o-mini"), get_model_pricing("gpt-4o-mini", batch=True)
+    assert BATCH_DISCOUNT == 0.5
+    assert batch == {"input": live["input"] / 2, "output": live["output"] / 2}
+
+
+def test_submit_exits_then_next_run_collects_into_output_and_cache(server, tmp_path):
+    server.configure(batch_time_scale=FAST)
+    out = tmp_path / "out.jsonl"
+    cache = ResponseCacheConfig(enabled=True, cache_dir=str(tmp_path / "cache"))
+    items = prompts(5)
+    meta = [{"row": i} for i in range(5)]
+    with openai_client(server, cache=cache, api_key="sk-LEDGER-SECRET-1") as client:
+        first = client.submit_batch(items, output_file=str(out), metadata_list=meta, temperature=0.2)
+        assert first["submitted"] == 5 and first["in_flight"] == 5 and first["batches_submitted"] == 1
+        assert first["earliest_expected_finish"] and not first["complete"]
+        assert not out.exists() or read_records(out) == []
+        upload = [r for r in server.requests if r.path == "/v1/files"][0]
+        assert upload.headers["content-type"].startswith("multipart/form-data")
+        settle(server)
+        second = client.submit_batch(items, output_file=str(out), metadata_list=meta, temperature=0.2)
+    assert second["collected"] == 5 and second["submitted"] == 0 and second["complete"]
+    records = read_records(out)
+    assert [r["index"] for r in records] == [0, 1, 2, 3, 4]
+    r3 = records[3]
+    assert r3["status"] == "success" and r3["output"] == "echo: q3" and r3["via"] == "provider-batch"
+    assert r3["metadata"] == {"row": 3} and r3["input"] == items[3] and r3["usage"]["total_tokens"] > 0
+    assert r3["batch_id"] == server.batches[0]["id"]
+    events = [e["event"] for e in ledger(out)]
+    assert events[:2] == ["intent", "created"] and events[-1] == "collected"
+    assert "sk-LEDGER-SECRET-1" not in (out.read_text() + open(str(out) + ".batches").read())
+    # the per-request body is the live one (one mapping): the temperature reached the batch file
+    assert server.batch_store.files and all(b"\"temperature\":0.2" in f["content"]
+                                            for f in server.batch_store.files.values() if f["purpose"] == "batch")
+    # the cache was filled: a live call for the same request is answered without the server
+    server.clear()
+    with openai_client(server, cache=cache) as client:
+        assert client.chat_completions_sync(items[2], temperature=0.2) == "echo: q2"
+    assert server.requests == []
+    # a third run finds nothing to do
+    with openai_client(server, cache=cache) as client:
+        third = client.submit_batch(items, output_file=str(out), metadata_list=meta, temperature=0.2)
+    assert third["complete"] and third["submitted"] == 0 and server.batches == []
+
+
+def test_wait_polls_until_collected_and_cost_is_half_of_live(server, tmp_path):
+    server.configure(batch_time_scale=FAST)
+    items = prompts(12, "question number {} please")
+    with openai_client(server, model="gpt-4") as client:
+        summary = client.submit_batch(items, output_file=str(tmp_path / "b.jsonl"), wait=True, poll_interval=0.02)
+        _, live = client.chat_completions_batch_sync(items, output_file=str(tmp_path / "l.jsonl"),
+                                                     show_progress=False, return_summary=True)
+    assert summary["complete"] and summary["collected"] == 12
+    assert summary["prompt_tokens"] == live["prompt_tokens"] and live["estimated_cost_usd"] > 0
+    assert summary["estimated_cost_usd"] == pytest.approx(live["estimated_cost_usd"] / 2, rel=1e-3)
+    price = get_model_pricing("gpt-4")
+    exact = live["prompt_tokens"] * price["input"] + live["completion_tokens"] * price["output"]
+    assert summary["estimated_cost_usd"] == pytest.approx(exact / 2)
+    assert summary["job_cost_usd"] == pytest.approx(summary["job_live_cost_usd"] / 2)
+
+
+def test_split_to_the_provider_caps(server, tmp_path, monkeypatch):
+    server.configure(batch_time_scale=FAST)
+    monkeypatch.setattr(OpenAIBatchAPI, "MAX_REQUESTS", 4)
+    with openai_client(server) as client:
+        summary = client.submit_batch(prompts(10), output_file=str(tmp_path / "o.jsonl"))
+    assert summary["batches_submitted"] == 3
+    assert sorted(len(b["custom_ids"]) for b in server.batches) == [2, 4, 4]
+    server.clear()
+    server.configure(batch_time_scale=FAST)
+    monkeypatch.setattr(OpenAIBatchAPI, "MAX_REQUESTS", 50_000)
+    monkeypatch.setattr(OpenAIBatchAPI, "MAX_BYTES", 600)  # each line is ~170 bytes
+    with openai_client(server) as client:
+        client.submit_batch(prompts(10), output_file=str(tmp_path / "p.jsonl"))
+    sizes = [len(b["custom_ids"]) for b in server.batches]
+    assert sum(sizes) == 10 and max(sizes) <= 3 and len(sizes) >= 4
+    assert {b["model"] for b in server.batches} == {"gpt-4o-mini"}
+
+
+def _submissions(server):
+    """custom_id → how many mock batches it was submitted in."""
+    return Counter(cid for b in server.batches for cid in b["custom_ids"])
+
+
+@pytest.mark.parametrize("fault, returned", [("expire", 2), ("invalid", 4)])
+def test_expired_or_failed_batch_items_are_resubmitted_never_lost(server, tmp_path, fault, returned):
+    server.configure(batch_time_scale=FAST)
+    server.add_rule(contains="q1", batch_fault=fault, times=1)
+    out = str(tmp_path / "o.jsonl")
+    items = prompts(4)
+    with openai_client(server) as client:
+        client.submit_batch(items, output_file=out)
+        settle(server)
+        assert server.batches[0]["status"] == ("expired" if fault == "expire" else "failed")
+        second = client.submit_batch(items, output_file=out)
+        assert second["returned"] == returned and second["collected"] == 4 - returned
+        assert second["submitted"] == returned  # the returned items go out again at once
+        settle(server)
+        third = client.submit_batch(items, output_file=out)
+    assert third["complete"]
+    recs = by_index(out)
+    assert {i: r["output"] for i, r in recs.items()} == {i: f"echo: q{i}" for i in range(4)}
+    assert all(r["status"] == "success" for r in read_records(out))  # nothing recorded for the returned ones
+    counts = _submissions(server)
+    resubmitted = {cid for cid, n in counts.items() if n == 2}
+    assert len(resubmitted) == returned and max(counts.values()) == 2
+    statuses = [e.get("status") for e in ledger(out) if e["event"] == "collected"]
+    assert statuses[0] == ("expired" if fault == "expire" else "failed")
+
+
+def test_partially_failed_batch_records_per_item_errors_then_retries_them(server, tmp_path):
+    server.configure(batch_time_scale=FAST)
+    server.add_rule(contains="q2", batch_error=400, times=1)
+    out = str(tmp_path / "o.jsonl")
+    with openai_client(server) as client:
+        client.submit_batch(prompts(4), output_file=out)
+        settle(server)
+        second = client.submit_batch(prompts(4), output_file=out)
+        assert second["failed"] == 1 and second["collected"] == 3 and second["errors"] == {"BadRequestError": 1}
+        err = [r for r in read_records(out) if r["status"] == "error"][0]
+        assert err["index"] == 2 and err["via"] == "provider-batch" and "injected batch item error" in err["error"]
+        assert second["submitted"] == 1  # the failed item goes out again, like a live rerun retries errors
+        settle(server)
+        third = client.submit_batch(prompts(4), output_file=out)
+    assert third["complete"]
+    assert [r["index"] for r in read_records(out)] == [0, 1, 2, 3]  # compacted: one record per index
+    assert by_index(out)[2]["output"] == "echo: q2"
+
+
+def test_killed_after_create_before_ledger_line_is_resolved_by_tag(server, tmp_path, monkeypatch):
+    server.configure(batch_time_scale=FAST)
+    out = str(tmp_path / "o.jsonl")
+    real_create = OpenAIBatchAPI.create
+
+    def create_then_die(self, *a, **kw):
+        real_create(self, *a, **kw)
+        raise KeyboardInterrupt  # the process dies before writing the `created` line
+
+    monkeypatch.setattr(OpenAIBatchAPI, "create", create_then_die)
+    with openai_client(server) as client, pytest.raises(KeyboardInterrupt):
+        client.submit_batch(prompts(3), output_file=out)
+    assert [e["event"] for e in ledger(out)] == ["intent"]
+    monkeypatch.setattr(OpenAIBatchAPI, "create", real_create)
+    settle(server)
+    with openai_client(server) as client:
+        summary = client.submit_batch(prompts(3), output_file=out)
+    assert summary["complete"] and summary["submitted"] == 0
+    assert len(server.batches) == 1  # found by its tag, never submitted twice
+    created = [e for e in ledger(out) if e["event"] == "created"][0]
+    assert created["batch_id"] == server.batches[0]["id"] and created.get("resolved") is True
+
+
+def test_killed_before_create_reached_the_provider_resubmits(server, tmp_path, monkeypatch):
+    server.configure(batch_time_scale=FAST)
+    out = str(tmp_path / "o.jsonl")
+    real_create = OpenAIBatchAPI.create
+
+    def die(self, *a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(OpenAIBatchAPI, "create", die)
+    with openai_client(server) as client, pytest.raises(KeyboardInterrupt):
+        client.submit_batch(prompts(3), output_file=out)
+    monkeypatch.setattr(OpenAIBatchAPI, "create", real_create)
+    with openai_client(server) as client:
+        summary = client.submit_batch(prompts(3), output_file=out, wait=True, poll_interval=0.02)
+    assert summary["complete"] and summary["submitted"] == 3 and len(server.batches) == 1
+    assert [e["event"] for e in ledger(out)][:2] == ["intent", "abandoned"]
+
+
+def test_killed_during_download_loses_nothing_and_writes_nothing_twice(server, tmp_path, monkeypatch):
+    server.configure(batch_time_scale=FAST)
+    out = str(tmp_path / "o.jsonl")
+    real_results = OpenAIBatchAPI.results
+
+    def two_then_die(self, *a, **kw):
+        for n, item in enumerate(real_results(self, *a, **kw)):
+            if n == 2:
+                raise KeyboardInterrupt
+            yield item
+
+    with openai_client(server) as client:
+        client.submit_batch(prompts(5), output_file=out)
+        settle(server)
+        monkeypatch.setattr(OpenAIBatchAPI, "results", two_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            client.submit_batch(prompts(5), output_file=out)
+        assert len(read_records(out)) == 2
+        monkeypatch.setattr(OpenAIBatchAPI, "results", real_results)
+        summary = client.submit_batch(prompts(5), output_file=out)
+    assert summary["complete"] and summary["collected"] == 3 and summary["resumed"] == 2
+    assert [r["index"] for r in read_records(out)] == [0, 1, 2, 3, 4]
+    assert len(server.batches) == 1
+
+
+def test_overlapping_run_fails_fast(server, tmp_path):
+    out = str(tmp_path / "o.jsonl")
+    holder = Checkpoint(out).open()
+    try:
+        with openai_client(server) as client, pytest.raises(OutputFileLockedError):
+            client.submit_batch(prompts(2), output_file=out)
+    finally:
+        holder.close()
+    assert server.requests == []
+
+
+def test_fallback_online_after_cancels_and_runs_live(server, tmp_path):
+    server.configure(batch_time_scale=FAST)
+    server.add_rule(contains="slow", batch_hours=10_000)  # never finishes within the test
+    out = str(tmp_path / "o.jsonl")
+    items = prompts(3, "slow {}")
+    with openai_client(server) as client:
+        client.submit_batch(items, output_file=out)
+        second = client.submit_batch(items, output_file=out, fallback_online_after=0)
+        assert second["fallback_online"] == 3 and second["complete"]
+        live = [r for r in server.requests if r.path == "/v1/chat/completions"]
+        assert len(live) == 3
+        assert [r["via"] for r in read_records(out)] == ["live"] * 3
+        wait_for(lambda: server.batches[0]["status"] == "cancelled", what="the overdue batch to be cancelled")
+        third = client.submit_batch(items, output_file=out)
+    assert third["complete"] and third["collected"] == 0 and third["in_flight"] == 0
+    assert len(read_records(out)) == 3
+    assert second["estimated_cost_usd"] > 0  # live items are priced at the live rate
+
+
+def test_input_edited_while_in_flight_is_not_mistaken_for_its_answer(server, tmp_path):
+    server.configure(batch_time_scale=FAST)
+    out = str(tmp_path / "o.jsonl")
+    with openai_client(server) as client:
+        client.submit_batch(prompts(2), output_file=out)
+        settle(server)
+        edited = prompts(2)
+        edited[1] = [{"role": "user", "content": "something else"}]
+        second = client.submit_batch(edited, output_file=out)
+        bad = [r for r in read_records(out) if r["status"] == "error"]
+        assert [r["index"] for r in bad] == [1] and "InputChangedError" in bad[0]["error"]
+        settle(server)
+        third = client.submit_batch(edited, output_file=out)
+    assert second["submitted"] == 1 and third["complete"]
+    assert by_index(out)[1]["output"] == "echo: something else"
+
+
+def test_bad_items_fail_alone_and_unknown_provider_is_a_clear_error(server, tmp_path):
+    server.configure(batch_time_scale=FAST)
+    out = str(tmp_path / "o.jsonl")
+    with openai_client(server) as client:
+        summary = client.submit_batch([prompts(1)[0], "not messages"], output_file=out)
+        assert summary["submitted"] == 1 and summary["failed"] == 1
+        with pytest.raises(ValueError, match="metadata_list"):
+            client.submit_batch(prompts(2), output_file=out, metadata_list=[{}])
+
+
+# -- Gemini ----------------------------------------------------------------------------------------------
+
+def test_gemini_batch_mode_submit_collect_and_partial_errors(server, tmp_path):
+    server.configure(batch_time_scale=FAST)
+    server.add_rule(contains="q1", batch_error=500, times=1)
+    out = str(tmp_path / "g.jsonl")
+    with gemini_client(server) as client:
+        first = client.submit_batch(prompts(3), output_file=out, temperature=0.1)
+        assert first["submitted"] == 3 and first["provider"] == "gemini"
+        create = [r for r in server.requests if r.path.endswith(":batchGenerateContent")][0]
+        assert create.path == "/v1beta/models/gemini-2.5-flash:batchGenerateContent"
+        assert create.headers["x-goog-api-key"].startswith("<redacted")
+        request = create.body["batch"]["inputConfig"]["requests"]["requests"][0]
+        assert request["request"]["generationConfig"] == {"temperature": 0.1}  # the live adapter's body
+        settle(server)
+        second = client.submit_batch(prompts(3), output_file=out, temperature=0.1)
+        assert second["collected"] == 2 and second["failed"] == 1 and second["submitted"] == 1
+        settle(server)
+        third = client.submit_batch(prompts(3), output_file=out, temperature=0.1)
+    assert third["complete"]
+    assert {i: r["output"] for i, r in by_index(out).items()} == {i: f"echo: q{i}" for i in range(3)}
+    assert all(r["via"] == "provider-batch" for r in by_index(out).values())
+
+
+def test_gemini_unresolved_intent_is_matched_by_display_name(server, tmp_path, monkeypatch):
+    from flexllm.providers.gemini_batch import GeminiBatchAPI
+
+    server.configure(batch_time_scale=FAST)
+    out = str(tmp_path / "g.jsonl")
+    real_create = GeminiBatchAPI.create
+
+    def create_then_die(self, *a, **kw):
+        real_create(self, *a, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GeminiBatchAPI, "create", create_then_die)
+    with gemini_client(server) as client, pytest.raises(KeyboardInterrupt):
+        client.submit_batch(prompts(2), output_file=out)
+    monkeypatch.setattr(GeminiBatchAPI, "create", real_create)
+    settle(server)
+    with gemini_client(server) as client:
+        summary = client.submit_batch(prompts(2), output_file=out)
+    assert summary["complete"] and len(server.batches) == 1
+
+
+def test_async_twin(server, tmp_path):
+    import asyncio
+
+    server.configure(batch_time_scale=FAST)
+
+    async def main():
+        with openai_client(server) as client:
+            return await client.asubmit_batch(prompts(2), output_file=str(tmp_path / "a.jsonl"), wait=True,
+                                              poll_interval=0.02)
+
+    assert asyncio.run(main())["complete"]
