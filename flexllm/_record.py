@@ -1,7 +1,8 @@
 """The batch output record: the one place that writes and reads a line of an output file.
 
 A record is one JSON object per line, keys in the order of `FIELDS` (compatible with flexllm 0.2 files):
-`{"index", "status", "output", "input", "metadata"?, "usage", "latency", "reasoning_content"?, "error"?}`.
+`{"index", "status", "output", "input", "metadata"?, "usage", "latency", "reasoning_content"?, "error"?,
+"via"?, "batch_id"?}` (the last two in provider-batch mode).
 Adding a field is one line in `FIELDS` (plus the attribute on `BatchResultItem`).
 """
 from __future__ import annotations
@@ -29,6 +30,8 @@ FIELDS: Tuple[Tuple[str, Optional[str], bool], ...] = (
     ("latency", "latency", True),
     ("reasoning_content", "reasoning_content", False),
     ("error", "error", False),
+    ("via", "via", False),
+    ("batch_id", "batch_id", False),
 )
 
 # a line cut by a crash mid-write starts like one of ours (or is a prefix of that start)

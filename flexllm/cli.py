@@ -197,7 +197,7 @@ def _setup_logging(quiet: bool) -> None:
 # -- commands ------------------------------------------------------------------------------------------
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from . import OutputFileLockedError, ResponseCacheConfig
+    from . import ResponseCacheConfig
 
     _setup_logging(args.quiet)
     messages_list, metadata = read_jsonl(args.input, args.system, args.limit)
@@ -220,47 +220,46 @@ def cmd_batch(args: argparse.Namespace) -> int:
               f"${est['input_cost']:.6f} (live); nothing sent", file=sys.stderr)
         client.close()
         return EXIT_OK
-    try:
-        _, summary = client.chat_completions_batch_sync(
-            messages_list, output_file=args.output, show_progress=not args.no_progress, return_summary=True,
-            metadata_list=metadata, **_params(args))
-    except OutputFileLockedError as exc:
-        print(f"flexllm: {exc.message}", file=sys.stderr)
-        return EXIT_FAILED
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    except KeyboardInterrupt:
-        print(f"flexllm: interrupted; results so far are in {args.output}. "
-              "Rerun the same command to resume.", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    finally:
-        client.close()
+    summary, code = _guarded(client, lambda: client.chat_completions_batch_sync(
+        messages_list, output_file=args.output, show_progress=not args.no_progress, return_summary=True,
+        metadata_list=metadata, **_params(args))[1], f"results so far are in {args.output}. "
+        "Rerun the same command to resume.")
+    if summary is None:
+        return code
     _print_summary(summary, args.output)
     if summary["failed"] or summary.get("stopped_reason"):
         return EXIT_FAILED
     return EXIT_OK
 
 
-def _provider_batch(args: argparse.Namespace, client: Any, messages_list: List[List[dict]],
-                    metadata: List[dict]) -> int:
+def _guarded(client: Any, run: Any, interrupted: str) -> Tuple[Optional[Dict[str, Any]], int]:
+    """`(summary, 0)` from a batch call, or `(None, exit code)` for a locked file / Ctrl-C; closes the client."""
     from . import OutputFileLockedError
 
     try:
-        summary = client.submit_batch(messages_list, output_file=args.output, metadata_list=metadata,
-                                      wait=args.wait, fallback_online_after=args.fallback_online_after,
-                                      poll_interval=args.poll_interval, show_progress=args.wait and not args.no_progress,
-                                      dry_run=getattr(args, "dry_run", False), **_params(args))
+        return run(), EXIT_OK
     except OutputFileLockedError as exc:
         print(f"flexllm: {exc.message}", file=sys.stderr)
-        return EXIT_FAILED
+        return None, EXIT_FAILED
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     except KeyboardInterrupt:
-        print(f"flexllm: interrupted; submitted batches are in {args.output}.batches and results so far in "
-              f"{args.output}. Rerun the same command to collect and continue.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print(f"flexllm: interrupted; {interrupted}", file=sys.stderr)
+        return None, EXIT_INTERRUPTED
     finally:
         client.close()
+
+
+def _provider_batch(args: argparse.Namespace, client: Any, messages_list: List[List[dict]],
+                    metadata: List[dict]) -> int:
+    summary, code = _guarded(client, lambda: client.submit_batch(
+        messages_list, output_file=args.output, metadata_list=metadata, wait=args.wait,
+        fallback_online_after=args.fallback_online_after, poll_interval=args.poll_interval,
+        show_progress=args.wait and not args.no_progress, dry_run=getattr(args, "dry_run", False), **_params(args)),
+        f"submitted batches are in {args.output}.batches and results so far in {args.output}. "
+        "Rerun the same command to collect and continue.")
+    if summary is None:
+        return code
     lines = [f"output: {args.output} (ledger {args.output}.batches)"]
     lines += [f"{k}: {v}" for k, v in summary.items() if k != "errors"]
     if summary.get("errors"):

@@ -25,12 +25,14 @@ import os
 import time
 import uuid
 from collections import Counter
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-from ._api import check_messages
+from ._messages import check_messages
 from ._batch_ledger import Ledger, LedgerBatch, format_ranges
 from ._checkpoint import Checkpoint
+from ._record import DONE_STATUSES, decode, encode
 from ._hashing import messages_hash
 from ._logging import get_logger
 from ._pipeline import _decode, cache_entry, result_from_cache
@@ -39,6 +41,7 @@ from .http import dumps
 from .pricing import BATCH_DISCOUNT, get_model_pricing
 from .progress import BatchProgress
 from .providers.batch_base import TERMINAL, BatchAPI, BatchState
+from .types import BatchResultItem
 
 __all__ = ["ProviderBatchJob", "batch_api_for", "custom_id"]
 
@@ -280,12 +283,9 @@ class ProviderBatchJob:
         for item in items:
             index = todo[item.index]
             self.counts["fallback_online"] += 1
-            if item.status == "error":
-                self._write_error(index, item.error or "error", b, via="live")
-            else:
-                record = self._record(index, item.status, item.content, item.usage, None, "live",
-                                      item.reasoning_content, latency=item.latency)
-                self._append(record, item.status, item.usage, rate=1.0 if item.status == "success" else 0.0)
+            meta = self.metadata_list[index] if self.metadata_list is not None else None
+            item = replace(item, index=index, metadata=meta, via="live")
+            self._append(item, rate=1.0)
 
     # -- submit --------------------------------------------------------------------------------------
     def _free(self) -> Iterable[int]:
@@ -346,9 +346,7 @@ class ProviderBatchJob:
                 if hit is None:
                     yield i
                     continue
-                r = result_from_cache(hit)
-                self._append(self._record(i, "cached", r.content, r.usage, None, None, r.reasoning_content),
-                             "cached", r.usage, rate=0.0)
+                self._append(self._item(i, "cached", result_from_cache(hit), via=None), rate=0.0)
             batch = []
 
     def _line(self, index: int) -> Optional[bytes]:
@@ -400,53 +398,41 @@ class ProviderBatchJob:
         logger.error("could not submit %d items: %s (they stay unsubmitted; rerun to try again)", len(chunk),
                      message)
 
-    # -- records -------------------------------------------------------------------------------------
-    def _record(self, index: int, status: str, output: Optional[str], usage: Optional[dict],
-                error: Optional[str], via: Optional[str], reasoning: Optional[str] = None,
-                batch_id: Optional[str] = None, latency: float = 0.0) -> Dict[str, Any]:
-        record: Dict[str, Any] = {"index": index, "status": status, "output": output, "input": self.messages[index]}
-        if self.metadata_list is not None:
-            record["metadata"] = self.metadata_list[index]
-        record["usage"] = usage
-        record["latency"] = round(latency, 4)
-        if reasoning:
-            record["reasoning_content"] = reasoning
-        if error is not None:
-            record["error"] = error
-        if via:
-            record["via"] = via
-        if batch_id:
-            record["batch_id"] = batch_id
-        return record
+    # -- records (written through the record module, like live batches) --------------------------------
+    def _item(self, index: int, status: str, result: Any = None, error: Optional[str] = None,
+              via: Optional[str] = VIA, batch_id: Optional[str] = None) -> BatchResultItem:
+        meta = self.metadata_list[index] if self.metadata_list is not None else None
+        item = BatchResultItem(index, None, None, status, error, 0.0, meta, via=via, batch_id=batch_id)
+        if result is not None:
+            item.content, item.usage, item.reasoning_content = result.content, result.usage, result.reasoning_content
+            item.finish_reason, item.tool_calls = result.finish_reason, result.tool_calls
+        return item
 
-    def _append(self, record: Dict[str, Any], status: str, usage: Optional[dict], rate: float) -> None:
-        self.checkpoint.append(record)
-        index = record["index"]
-        if status in ("success", "cached"):
-            self.checkpoint.done[index] = record
+    def _append(self, item: BatchResultItem, rate: float) -> None:
+        data = encode(item, self.messages[item.index])
+        self.checkpoint.append(data)
+        status, usage = item.status, item.usage
+        if status in DONE_STATUSES:
+            self.checkpoint.done[item.index] = decode(data) or {}
         self.counts["failed" if status == "error" else status] += 1
         if status == "error":
-            self.errors[record.get("error", "error").split(":", 1)[0]] += 1
+            self.errors[(item.error or "error").split(":", 1)[0]] += 1
         if status == "success" and usage:
-            cost = _cost(self.model, usage) * rate
-            self.tokens["cost"] += cost
+            self.tokens["cost"] += _cost(self.model, usage) * rate
             for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
                 if isinstance(usage.get(key), int):
                     self.tokens[key] += usage[key]
         self.progress.advance(status, (usage or {}).get("total_tokens") or 0)
 
     def _write_success(self, index: int, result: Any, b: LedgerBatch) -> None:
-        record = self._record(index, "success", result.content, result.usage, None, VIA, result.reasoning_content,
-                              b.batch_id)
-        self._append(record, "success", result.usage, rate=BATCH_DISCOUNT)
+        self._append(self._item(index, "success", result, batch_id=b.batch_id), rate=BATCH_DISCOUNT)
         self.counts["collected"] += 1
         cache = None if self.skip_cache else self.pipeline.cache
         if cache is not None:
             cache.set(self.pipeline.cache_key(self.messages[index], self.model, self.params), cache_entry(result))
 
     def _write_error(self, index: int, error: str, b: Optional[LedgerBatch], via: str = VIA) -> None:
-        record = self._record(index, "error", None, None, error, via, batch_id=b.batch_id if b else None)
-        self._append(record, "error", None, rate=0.0)
+        self._append(self._item(index, "error", error=error, via=via, batch_id=b.batch_id if b else None), rate=0.0)
 
     # -- summary -------------------------------------------------------------------------------------
     def summary(self) -> Dict[str, Any]:

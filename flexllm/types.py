@@ -43,6 +43,10 @@ class BatchResultItem:
     parsed: Any = None
     #: HTTP requests this item took (retries and structured-output re-asks included; 0 from the cache)
     attempts: int = 0
+    #: how a provider-batch run obtained it: "provider-batch" (the provider's batch API) or "live" (fallback)
+    via: Optional[str] = None
+    #: the provider batch that answered it (provider-batch mode)
+    batch_id: Optional[str] = None
 
 
 @dataclass

@@ -181,25 +181,34 @@ def test_partially_failed_batch_records_per_item_errors_then_retries_them(server
     assert by_index(out)[2]["output"] == "echo: q2"
 
 
-def test_killed_after_create_before_ledger_line_is_resolved_by_tag(server, tmp_path, monkeypatch):
-    server.configure(batch_time_scale=FAST)
-    out = str(tmp_path / "o.jsonl")
-    real_create = OpenAIBatchAPI.create
+def die_after_create(monkeypatch, api_class, make_client, out, n):
+    """One run whose process 'dies' right after the provider created the batch, before the `created` line."""
+    real_create = api_class.create
 
     def create_then_die(self, *a, **kw):
         real_create(self, *a, **kw)
-        raise KeyboardInterrupt  # the process dies before writing the `created` line
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(OpenAIBatchAPI, "create", create_then_die)
-    with openai_client(server) as client, pytest.raises(KeyboardInterrupt):
-        client.submit_batch(prompts(3), output_file=out)
+    monkeypatch.setattr(api_class, "create", create_then_die)
+    with make_client() as client, pytest.raises(KeyboardInterrupt):
+        client.submit_batch(prompts(n), output_file=out)
+    monkeypatch.setattr(api_class, "create", real_create)
     assert [e["event"] for e in ledger(out)] == ["intent"]
-    monkeypatch.setattr(OpenAIBatchAPI, "create", real_create)
+
+
+@pytest.mark.parametrize("provider", ["openai", "gemini"])
+def test_killed_after_create_before_ledger_line_is_resolved_by_tag(server, tmp_path, monkeypatch, provider):
+    from flexllm.providers.gemini_batch import GeminiBatchAPI
+
+    api_class, make = {"openai": (OpenAIBatchAPI, openai_client), "gemini": (GeminiBatchAPI, gemini_client)}[provider]
+    server.configure(batch_time_scale=FAST)
+    out = str(tmp_path / "o.jsonl")
+    die_after_create(monkeypatch, api_class, lambda: make(server), out, 3)
     settle(server)
-    with openai_client(server) as client:
+    with make(server) as client:
         summary = client.submit_batch(prompts(3), output_file=out)
     assert summary["complete"] and summary["submitted"] == 0
-    assert len(server.batches) == 1  # found by its tag, never submitted twice
+    assert len(server.batches) == 1  # found by its tag (metadata / displayName), never submitted twice
     created = [e for e in ledger(out) if e["event"] == "created"][0]
     assert created["batch_id"] == server.batches[0]["id"] and created.get("resolved") is True
 
@@ -326,27 +335,6 @@ def test_gemini_batch_mode_submit_collect_and_partial_errors(server, tmp_path):
     assert third["complete"]
     assert {i: r["output"] for i, r in by_index(out).items()} == {i: f"echo: q{i}" for i in range(3)}
     assert all(r["via"] == "provider-batch" for r in by_index(out).values())
-
-
-def test_gemini_unresolved_intent_is_matched_by_display_name(server, tmp_path, monkeypatch):
-    from flexllm.providers.gemini_batch import GeminiBatchAPI
-
-    server.configure(batch_time_scale=FAST)
-    out = str(tmp_path / "g.jsonl")
-    real_create = GeminiBatchAPI.create
-
-    def create_then_die(self, *a, **kw):
-        real_create(self, *a, **kw)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(GeminiBatchAPI, "create", create_then_die)
-    with gemini_client(server) as client, pytest.raises(KeyboardInterrupt):
-        client.submit_batch(prompts(2), output_file=out)
-    monkeypatch.setattr(GeminiBatchAPI, "create", real_create)
-    settle(server)
-    with gemini_client(server) as client:
-        summary = client.submit_batch(prompts(2), output_file=out)
-    assert summary["complete"] and len(server.batches) == 1
 
 
 def test_async_twin(server, tmp_path):
