@@ -9,17 +9,59 @@ import threading
 from concurrent.futures import Executor
 from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
 
-__all__ = ["aiter_in_thread", "run_in_thread"]
+from . import _cancel
+
+__all__ = ["aiter_in_thread", "run_in_thread", "run_stoppable"]
 
 T = TypeVar("T")
 _END = object()
 
 
 async def run_in_thread(executor: Executor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Await `fn(*args, **kwargs)` run on `executor`, with the caller's contextvars."""
+    """Await `fn(*args, **kwargs)` run on `executor`, with the caller's contextvars.
+
+    Cancelling the await (task.cancel(), asyncio.wait_for's timeout) stops the call at its next wait:
+    it never starts another attempt, and the concurrency slot of a request still on the wire is handed
+    back at once (that request ends in its own thread and its reply is dropped; see `_cancel.Scope`).
+    """
     loop = asyncio.get_running_loop()
     ctx = contextvars.copy_context()
-    return await loop.run_in_executor(executor, functools.partial(ctx.run, fn, *args, **kwargs))
+    scope = _cancel.Scope(abandon=True)
+    ctx.run(_cancel.bind, scope)
+    future = loop.run_in_executor(executor, functools.partial(ctx.run, fn, *args, **kwargs))
+    try:
+        return await future
+    except asyncio.CancelledError:
+        scope.stop()
+        raise
+
+
+async def run_stoppable(executor: Executor, fn: Callable[..., T], stop: threading.Event,
+                        abort: Callable[[], None]) -> T:
+    """Await `fn()` (a whole batch) on `executor`; a cancelled await stops it the way Ctrl-C does.
+
+    On cancel, `stop` is set (no new request or retry starts; answers in flight are still recorded) and
+    the cancellation waits until `fn` has wound down, so the output file's lock is released by the time
+    the caller sees CancelledError. A second cancel while winding down calls `abort` (drop the answers in
+    flight, like a second Ctrl-C).
+    """
+    loop = asyncio.get_running_loop()
+    ctx = contextvars.copy_context()
+    future = loop.run_in_executor(executor, functools.partial(ctx.run, fn))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        stop.set()
+        while not future.done():
+            try:
+                await asyncio.shield(future)
+            except asyncio.CancelledError:
+                abort()
+            except BaseException:  # noqa: S110 - the caller is cancelled; its CancelledError wins
+                break
+        if future.done() and not future.cancelled():
+            future.exception()  # retrieved: never logged as "exception never retrieved"
+        raise
 
 
 async def aiter_in_thread(executor: Executor, make_iter: Callable[[], Iterator[T]],
@@ -37,7 +79,10 @@ async def aiter_in_thread(executor: Executor, make_iter: Callable[[], Iterator[T
     wakeup = asyncio.Event()
 
     def notify() -> None:
-        loop.call_soon_threadsafe(wakeup.set)
+        try:
+            loop.call_soon_threadsafe(wakeup.set)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            stop.set()
 
     def put(item: Any) -> bool:
         while not stop.is_set():
@@ -50,8 +95,9 @@ async def aiter_in_thread(executor: Executor, make_iter: Callable[[], Iterator[T
         return False
 
     def produce() -> None:
-        iterator = make_iter()
+        iterator = None
         try:
+            iterator = make_iter()  # may raise at once (bad arguments, locked output file): handed over too
             for item in iterator:
                 if not put((True, item)):
                     break
@@ -65,13 +111,18 @@ async def aiter_in_thread(executor: Executor, make_iter: Callable[[], Iterator[T
                 close()
 
     future = loop.run_in_executor(executor, functools.partial(ctx.run, produce))
+    future.add_done_callback(lambda _: wakeup.set())  # a producer that ended always wakes the consumer
     try:
         while True:
             try:
                 ok, item = handoff.get_nowait()
             except queue.Empty:
+                if future.done():  # ended without handing over an end marker or its error
+                    if not future.cancelled() and future.exception() is not None:
+                        raise future.exception() from None
+                    raise RuntimeError("the producer thread ended without a result") from None
                 wakeup.clear()
-                if handoff.empty():
+                if handoff.empty() and not future.done():
                     await wakeup.wait()
                 continue
             if not ok:

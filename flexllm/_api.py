@@ -5,11 +5,12 @@ here. Each `async def` awaits its sync twin on the object's own thread pool (DES
 """
 from __future__ import annotations
 
+import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
-from ._aio import aiter_in_thread, run_in_thread
+from ._aio import aiter_in_thread, run_in_thread, run_stoppable
 from ._logging import get_logger
 from ._messages import check_messages
 from ._pipeline import Outcome
@@ -60,7 +61,7 @@ class ClientAPI:
         if executor is None:
             with self._executor_lock:
                 if self._executor is None:
-                    self._executor = ThreadPoolExecutor(max_workers=self.concurrency_limit + 4,
+                    self._executor = ThreadPoolExecutor(max_workers=2 * self.concurrency_limit + 4,
                                                         thread_name_prefix="flexllm-async")
                 executor = self._executor
         return executor
@@ -128,11 +129,18 @@ class ClientAPI:
                                     model: Optional[str] = None, skip_cache: bool = False,
                                     **kwargs: Any) -> Union[List[Optional[str]], Tuple[List[Optional[str]], dict]]:
         """Replies in input order (`None` for a failed item), or `(replies, summary)` with return_summary."""
+        return self._batch(messages_list, output_file, show_progress, return_summary, flush_interval,
+                           metadata_list, model, skip_cache, kwargs)
+
+    def _batch(self, messages_list: Iterable[List[dict]], output_file: Optional[str], show_progress: bool,
+               return_summary: bool, flush_interval: float, metadata_list: Optional[List[dict]],
+               model: Optional[str], skip_cache: bool, kwargs: Dict[str, Any],
+               stop: Optional[threading.Event] = None) -> Any:
         from .batch import BatchJob
 
         job = BatchJob(self._batch_runner(), self._model(model), kwargs, output_file=output_file,
                        metadata_list=metadata_list, show_progress=show_progress, flush_interval=flush_interval,
-                       skip_cache=skip_cache)
+                       skip_cache=skip_cache, stop=stop)
         results: List[Optional[str]] = []
         for item in job.run(messages_list):
             if item.index >= len(results):
@@ -145,10 +153,23 @@ class ClientAPI:
     async def chat_completions_batch(self, messages_list: Iterable[List[dict]], output_file: Optional[str] = None,
                                      show_progress: bool = True, return_summary: bool = False,
                                      flush_interval: float = 1.0, metadata_list: Optional[List[dict]] = None,
+                                     model: Optional[str] = None, skip_cache: bool = False,
                                      **kwargs: Any) -> Union[List[Optional[str]], Tuple[List[Optional[str]], dict]]:
-        """Async twin of `chat_completions_batch_sync` (the batch runs on worker threads)."""
-        return await run_in_thread(self._pool(), self.chat_completions_batch_sync, messages_list, output_file,
-                                   show_progress, return_summary, flush_interval, metadata_list, **kwargs)
+        """Async twin of `chat_completions_batch_sync` (the batch runs on worker threads).
+
+        Cancelling the await stops the batch like Ctrl-C: no new request or retry starts, answers already
+        in flight are recorded, and the output file is unlocked before CancelledError reaches the caller.
+        """
+        stop = threading.Event()
+
+        def abort() -> None:
+            runner_abort = getattr(self._batch_runner(), "abort", None)
+            if runner_abort is not None:
+                runner_abort()
+
+        return await run_stoppable(self._pool(), functools.partial(
+            self._batch, messages_list, output_file, show_progress, return_summary, flush_interval, metadata_list,
+            model, skip_cache, kwargs, stop), stop, abort)
 
     async def aiter_chat_completions_batch(self, messages_list: Iterable[List[dict]],
                                            **kwargs: Any) -> AsyncIterator[BatchResultItem]:

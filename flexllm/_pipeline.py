@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from . import _cancel
 from ._logging import get_logger
 from .config import ResponseCacheConfig
 from .errors import LLMError, ResponseParseError, ResponseValidationError, StreamTruncatedError
@@ -88,7 +89,7 @@ class Pipeline:
     def __init__(self, adapter: ProviderAdapter, *, timeout: float, concurrency_limit: int,
                  max_qps: Optional[float], retry_times: int, retry_delay: float,
                  cache: Optional[ResponseCacheConfig] = None,
-                 sleep: Callable[[float], None] = time.sleep,
+                 sleep: Callable[[float], None] = _cancel.sleep,
                  transport: Optional[Transport] = None,
                  retryable: Callable[[BaseException], bool] = is_retryable) -> None:
         if concurrency_limit < 1:
@@ -207,10 +208,23 @@ class Pipeline:
 
     def _attempt(self, spec: RequestSpec, model: str, take_token: bool = True) -> Tuple[ChatCompletionResult, dict]:
         request = self.transport.prepare(spec, model=model)
-        with self._slots:
+        scope = _cancel.current()
+        slots = self._slots
+        slots.acquire()
+        abandon = scope is not None and scope.abandon
+        if abandon:
+            scope.hold(slots)  # a cancelled await hands this slot back at once (see _cancel.Scope)
+        try:
             if self.bucket is not None and take_token:
                 self.bucket.acquire()
+            if scope is not None and scope.event.is_set():
+                raise _cancel.Interrupted("stopped before the request was sent")
             status, headers, body = self.transport.send(request, model=model)
+        finally:
+            if abandon:
+                scope.release(slots)
+            else:
+                slots.release()
         if not 200 <= status < 300:
             error = self.adapter.map_error(status, _decode(body), headers, model=model)
             del body  # the raw body may echo the key: keep it out of the traceback's locals
@@ -278,6 +292,7 @@ class Pipeline:
         try:
             if self.bucket is not None and take_token:
                 self.bucket.acquire()
+            _cancel.check()
             status, headers, lines = stack.enter_context(self.transport.stream(spec, model=model))
             if not 200 <= status < 300:
                 raise self.adapter.map_error(status, _decode(Transport.read_body(lines)), headers, model=model)
@@ -308,7 +323,7 @@ class Pipeline:
 
     def abort(self) -> None:
         """Fail every in-flight request at once (Ctrl-C in a batch); the pool reopens on next use."""
-        self.transport.close()
+        self.transport.abort()
 
     def close(self) -> None:
         """Close the connection pool and the cache."""

@@ -15,6 +15,7 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+from . import _cancel
 from ._checkpoint import Checkpoint, OutputFileLockedError
 from ._constants import BATCH_WINDOW_PER_WORKER
 from ._logging import get_logger
@@ -37,7 +38,8 @@ class BatchJob:
 
     def __init__(self, runner: Any, model: str, params: Dict[str, Any], *, output_file: Optional[str] = None,
                  metadata_list: Optional[Sequence[dict]] = None, show_progress: bool = True,
-                 flush_interval: float = 1.0, skip_cache: bool = False) -> None:
+                 flush_interval: float = 1.0, skip_cache: bool = False,
+                 stop: Optional[threading.Event] = None) -> None:
         self.runner = runner
         self.model = model
         self.params = params
@@ -53,7 +55,8 @@ class BatchJob:
         self.retries = 0
         self.stopped_reason: Optional[str] = None
         self._elapsed = 0.0
-        self._stop = threading.Event()
+        self._stop = stop if stop is not None else threading.Event()  # set: no new request or retry starts
+        self._scope = _cancel.Scope(self._stop)  # bound in every worker: a stop wakes their sleeps
         self._lock = threading.Lock()  # counters, file and progress are shared by the workers
         self._closed = False
 
@@ -114,7 +117,8 @@ class BatchJob:
         window = workers * BATCH_WINDOW_PER_WORKER
         progress = BatchProgress(self.total, enabled=self.show_progress)
         done_q: "queue.SimpleQueue[Future]" = queue.SimpleQueue()
-        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flexllm-batch")
+        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flexllm-batch",
+                                      initializer=_cancel.bind, initargs=(self._scope,))
         pending: set = set()  # submitted and not yet recorded
         interrupted = False
         restore = _sigterm_as_interrupt()
@@ -154,6 +158,8 @@ class BatchJob:
             raise
         finally:
             restore()
+            if self._stop.is_set() and self.stopped_reason is None:
+                self.stopped_reason = "cancelled"
             executor.shutdown(wait=not interrupted, cancel_futures=True)
             self._elapsed = time.perf_counter() - started
             with self._lock:
@@ -218,6 +224,8 @@ class BatchJob:
         try:
             outcome = self.runner.complete(messages, self.model, self.params, skip_cache=self.skip_cache,
                                            read_cache=False)
+        except _cancel.Interrupted:  # the batch stopped while this item waited to retry: not finished
+            return None
         except Exception as exc:  # recorded as this item's error; the batch goes on
             item = BatchResultItem(index, None, None, "error", f"{type(exc).__name__}: {exc}",
                                    time.perf_counter() - started, meta)

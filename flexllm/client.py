@@ -5,9 +5,9 @@ from `ClientAPI`. One client may be shared by all threads of a web server.
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
+from . import _cancel
 from ._api import ClientAPI
 from ._constants import DEFAULT_CONCURRENCY, DEFAULT_RETRY_DELAY, DEFAULT_RETRY_TIMES, DEFAULT_TIMEOUT
 from ._pipeline import Outcome, Pipeline
@@ -26,7 +26,7 @@ class _BaseClient(ClientAPI):
 
     def __init__(self, adapter: ProviderAdapter, *, model: Optional[str], cache: Optional[ResponseCacheConfig],
                  concurrency_limit: int, max_qps: Optional[float], retry_times: int, retry_delay: float,
-                 timeout: float, sleep: Callable[[float], None] = time.sleep,
+                 timeout: float, sleep: Callable[[float], None] = _cancel.sleep,
                  retryable: Optional[Callable[[BaseException], bool]] = None) -> None:
         if cache is not None and not isinstance(cache, ResponseCacheConfig):
             raise TypeError("cache must be a ResponseCacheConfig, e.g. ResponseCacheConfig.with_ttl(3600)")

@@ -10,8 +10,10 @@ import contextlib
 import itertools
 import json
 import os
+import socket
 import ssl
 import threading
+import weakref
 from typing import Any, Callable, Iterator, List, Mapping, Optional, Tuple
 
 import certifi
@@ -80,8 +82,9 @@ class Transport:
                  client_factory: Optional[Callable[[], httpx.Client]] = None) -> None:
         self.provider = provider
         self._timeout = httpx.Timeout(timeout, connect=min(DEFAULT_CONNECT_TIMEOUT, timeout))
-        # a shard never blocks on its own limit: the client's semaphore bounds the total in flight
-        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        # a shard never blocks on its own limit: the client's semaphore bounds the total in flight (a request
+        # abandoned by a cancelled await gave its slot back while still on the wire: it must not block either)
+        self._limits = httpx.Limits(max_connections=None, max_keepalive_connections=max_connections)
         self._redact = redact
         self._factory = client_factory
         self._lock = threading.Lock()
@@ -91,6 +94,8 @@ class Transport:
         self._pid = os.getpid()
         self._local = threading.local()
         self._next_shard = itertools.count()
+        self._sockets: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()  # every socket we opened, for abort()
+        self._extensions = {"trace": self._trace}
 
     def _get_client(self) -> httpx.Client:
         local = self._local
@@ -104,6 +109,7 @@ class Transport:
             if self._pid != os.getpid():
                 # after fork the parent's sockets are shared: never reuse them, never close them here
                 self._clients = [None] * self._nshards
+                self._sockets = weakref.WeakSet()
                 self._pid = os.getpid()
             client = self._clients[shard]
             if client is None:
@@ -127,7 +133,17 @@ class Transport:
         timeout = httpx.Timeout(spec.timeout, connect=min(DEFAULT_CONNECT_TIMEOUT, spec.timeout)) \
             if spec.timeout else self._timeout
         return client.build_request(spec.method, spec.url, headers=spec.headers, content=dumps(spec.json),
-                                    timeout=timeout)
+                                    timeout=timeout, extensions=self._extensions)
+
+    def _trace(self, event: str, info: Mapping[str, Any]) -> None:
+        # httpcore reports each new connection's network stream (TCP, then TLS): remember its socket so that
+        # abort() can wake a thread blocked reading from it (closing the pool does not)
+        if event[-9:] == ".complete" and event[:11] == "connection.":
+            stream = info.get("return_value")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                with self._lock:
+                    self._sockets.add(sock)
 
     def send(self, request: "RequestSpec | httpx.Request", *, model: str) -> Tuple[int, Mapping[str, str], bytes]:
         """Send one request (a spec, or one from `prepare`) and read the whole body: (status, headers, body)."""
@@ -173,6 +189,17 @@ class Transport:
     def read_body(lines: Iterator[str]) -> bytes:
         """The rest of a streamed (error) response as bytes."""
         return "\n".join(lines).encode("utf-8")
+
+    def abort(self) -> None:
+        """Fail every request in flight at once (shut their sockets down), then close the pool."""
+        with self._lock:
+            sockets, self._sockets = list(self._sockets) if self._pid == os.getpid() else [], weakref.WeakSet()
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already closed
+                pass
+        self.close()
 
     def close(self) -> None:
         """Close pooled connections (only those this process opened); the next request reopens."""

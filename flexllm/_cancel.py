@@ -1,0 +1,99 @@
+"""Cooperative cancellation: one interruptible sleep for every wait, and stop checks before each attempt.
+
+A `Scope` (a threading.Event plus the concurrency slot its request holds) is bound to the running
+request through a contextvar. The batch engine binds its job's scope in each worker thread, so a
+stopped batch (Ctrl-C, SIGTERM, a cancelled await, an exhausted quota) wakes every worker sleeping out
+a Retry-After or a rate-limit wait and no new attempt starts. The async facade binds a fresh scope per
+awaited call and stops it when the awaiting task is cancelled. Code running without a scope (a plain
+sync call on the user's own thread) sleeps with `time.sleep`, exactly as before.
+"""
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from typing import Any, Optional
+
+__all__ = ["Interrupted", "Scope", "bind", "check", "current", "sleep"]
+
+
+class Interrupted(Exception):
+    """The request's scope was stopped while it waited: no (further) attempt was made.
+
+    Raised only on threads the library runs for a batch or an awaited call; whoever stopped the scope
+    has already stopped waiting for the result, so it never reaches user code as a failure.
+    """
+
+
+class Scope:
+    """The stop signal of one batch job or one awaited call, shared by the threads working for it.
+
+    `abandon=True` (an awaited single call): when stopped, the concurrency slot held by a request still
+    on the wire is handed back at once, so a cancelled/timed-out await never starves later calls; that
+    request finishes (or hits its timeout) in its own thread and its reply is thrown away.
+    """
+
+    __slots__ = ("event", "abandon", "_lock", "_slot")
+
+    def __init__(self, event: Optional[threading.Event] = None, *, abandon: bool = False) -> None:
+        self.event = event if event is not None else threading.Event()
+        self.abandon = abandon
+        self._lock = threading.Lock()
+        self._slot: Any = None  # the semaphore whose slot this scope's request holds
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the scope was stopped."""
+        return self.event.is_set()
+
+    def stop(self) -> None:
+        """Wake every wait of this scope; with `abandon`, give back the slot of a request on the wire."""
+        self.event.set()
+        if self.abandon:
+            with self._lock:
+                slot, self._slot = self._slot, None
+            if slot is not None:
+                slot.release()
+
+    def hold(self, slot: Any) -> None:
+        """Record that this scope's request holds `slot` (acquired by the caller)."""
+        with self._lock:
+            self._slot = slot
+        if self.abandon and self.event.is_set():  # stopped between acquire and hold: give it back now
+            self.release(slot)
+
+    def release(self, slot: Any) -> None:
+        """Give back `slot` unless `stop()` already did."""
+        with self._lock:
+            mine, self._slot = self._slot is slot, None
+        if mine:
+            slot.release()
+
+
+_current: "contextvars.ContextVar[Optional[Scope]]" = contextvars.ContextVar("flexllm_scope", default=None)
+
+
+def current() -> Optional[Scope]:
+    """The scope bound to the running request, or None."""
+    return _current.get()
+
+
+def bind(scope: Optional[Scope]) -> None:
+    """Bind `scope` in the current context (a worker thread's, or a copied context for one call)."""
+    _current.set(scope)
+
+
+def check() -> None:
+    """Raise `Interrupted` if the running request's scope was stopped (called before each attempt)."""
+    scope = _current.get()
+    if scope is not None and scope.event.is_set():
+        raise Interrupted("stopped before the request was sent")
+
+
+def sleep(seconds: float) -> None:
+    """`time.sleep`, but a stopped scope wakes it at once and raises `Interrupted` (no attempt follows)."""
+    scope = _current.get()
+    if scope is None:
+        time.sleep(seconds)
+    elif scope.event.wait(seconds) or scope.event.is_set():
+        raise Interrupted("stopped while waiting to retry or for the rate limit")

@@ -1,0 +1,157 @@
+"""Hangs and cancellation: async iterators that cannot start, cancelled awaits, interruptible sleeps.
+
+Every test counts events on the server (arrivals, in-flight peaks) and waits on conditions with a bound.
+"""
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from flexllm import OpenAIClient, OutputFileLockedError
+
+from .conftest import read_records, user, wait_for
+
+BOUND = 60.0  # generous: a hang fails the test instead of blocking the suite
+
+
+def collect(client, messages_list, **kwargs):
+    async def consume():
+        return [item async for item in client.aiter_chat_completions_batch(messages_list, **kwargs)]
+
+    async def main():
+        return await asyncio.wait_for(consume(), BOUND)
+
+    return asyncio.run(main())
+
+
+# -- issue 11 item 13: an async batch iterator that cannot start raises, never hangs ----------------------
+
+def test_aiter_batch_raises_when_it_cannot_start(server, tmp_path):
+    client = OpenAIClient(base_url=server.url, model="m", retry_times=0)
+    out = str(tmp_path / "out.jsonl")
+    with pytest.raises(ValueError, match="metadata_list"):
+        collect(client, [user("a"), user("b")], metadata_list=[{"id": 1}])
+    with pytest.raises(ValueError, match="model"):
+        collect(OpenAIClient(base_url=server.url, retry_times=0), [user("a")])
+    with pytest.raises(OSError):
+        collect(client, [user("a")], output_file=str(tmp_path))  # a directory
+    client.chat_completions_batch_sync([user("a"), user("b")], output_file=out, show_progress=False)
+    with pytest.raises(ValueError, match="index"):
+        collect(client, [user("other"), user("b")], output_file=out)  # resume mismatch
+    holder = client.iter_chat_completions_batch([user("a"), user("b"), user("c")], output_file=out)
+    next(holder)  # the first run holds the output file's lock while it is suspended here
+    try:
+        with pytest.raises(OutputFileLockedError):
+            collect(client, [user("a"), user("b"), user("c")], output_file=out)
+    finally:
+        holder.close()
+    assert [r.index for r in collect(client, [user("a"), user("b"), user("c")], output_file=out)] == [0, 1, 2]
+    client.close()
+
+
+# -- item 14: a cancelled await stops the work, keeps answers in flight, releases lock and slots ----------
+
+def test_cancelled_batch_await_stops_keeps_in_flight_and_unlocks(server, tmp_path):
+    out = str(tmp_path / "out.jsonl")
+    client = OpenAIClient(base_url=server.url, model="m", concurrency_limit=2, retry_times=0)
+    # two slow items occupy both workers; the rest would be fast if they ever started
+    messages = [user("[[mock:latency=6]] slow0"), user("[[mock:latency=6]] slow1")] + \
+        [user(f"fast{i}") for i in range(2, 20)]
+
+    async def main():
+        task = asyncio.create_task(client.chat_completions_batch(messages, output_file=out, show_progress=False))
+        for _ in range(int(BOUND * 100)):
+            if len(server.requests) >= 2 or task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert len(server.requests) == 2 and not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, BOUND)
+
+    asyncio.run(main())
+    assert len(server.requests) == 2  # nothing started after the cancel
+    records = read_records(out)
+    assert sorted((r["index"], r["status"]) for r in records) == [(0, "success"), (1, "success")]  # kept
+    # the lock is free at once and the rerun resumes: only the 18 unfinished items are requested
+    results = client.chat_completions_batch_sync(messages, output_file=out, show_progress=False)
+    assert results[2:] == [f"echo: fast{i}" for i in range(2, 20)] and None not in results
+    assert len(server.requests) == 20
+    client.close()
+
+
+def test_timed_out_await_gives_back_its_concurrency_slot(server):
+    client = OpenAIClient(base_url=server.url, model="m", concurrency_limit=1, retry_times=0)
+
+    async def main():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(client.chat_completions(user("[[mock:latency=20]] slow")), 0.5)
+        # the only slot belonged to the abandoned call: a later call must not wait for that request
+        return await asyncio.wait_for(client.chat_completions(user("next")), BOUND)
+
+    assert asyncio.run(main()) == "echo: next"
+    # the answer came while the abandoned request was still on the server (counted, not timed)
+    assert server.max_in_flight == 2
+    assert [r.body["messages"][0]["content"] for r in server.requests][-1] == "next"
+    client.close()
+
+
+def test_cancelled_await_never_starts_a_retry(server):
+    client = OpenAIClient(base_url=server.url, model="m", retry_times=3)
+
+    async def main():
+        task = asyncio.create_task(client.chat_completions(user("[[mock:status=429;retry_after=100]] x")))
+        for _ in range(int(BOUND * 100)):
+            if server.requests:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    pool = client._pool()
+    # the worker thread wakes from its 100 s Retry-After and ends: the pool can shut down with wait
+    done = threading.Event()
+    threading.Thread(target=lambda: (pool.shutdown(wait=True), done.set()), daemon=True).start()
+    assert done.wait(BOUND), "the cancelled call kept sleeping out its Retry-After"
+    assert len(server.requests) == 1
+    client.close()
+
+
+# -- item 15: a second Ctrl-C / SIGTERM ends a batch whose workers sleep out a Retry-After ----------------
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_second_signal_exits_while_workers_sleep_out_retry_after(server, tmp_path, sig):
+    inp = tmp_path / "in.jsonl"
+    out = tmp_path / "out.jsonl"
+    rows = [{"prompt": "[[mock:latency=100]] on the wire"}, {"prompt": "[[mock:status=429;retry_after=100]] a"}]
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "flexllm", "batch", str(inp), "-o", str(out), "--base-url",
+                             server.url, "--model", "m", "--concurrency", "2", "--no-progress"],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: len(server.requests) == 2, BOUND, "both requests to arrive")
+        wait_for(lambda: any("retrying in" in ln for ln in lines) or proc.poll() is not None, BOUND,
+                 "the 429 to be answered with a retry sleep")
+        proc.send_signal(sig)  # first: stop, wait for the request on the wire (the sleeper wakes and ends)
+        wait_for(lambda: any("in flight" in ln for ln in lines) or proc.poll() is not None, BOUND,
+                 "the first signal to be handled")
+        proc.send_signal(sig)  # second: abandon it
+        rc = proc.wait(BOUND)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(BOUND)
+    assert rc == 130, "".join(lines)
+    assert len(server.requests) == 2, "a new attempt was sent after the signal"
