@@ -84,7 +84,7 @@ class ClientAPI:
             return outcome.result
         if isinstance(kwargs.get("response_format"), type):
             return outcome.result.parsed
-        return outcome.result.content
+        return outcome.result.text
 
     async def chat_completions(self, messages: List[dict], model: Optional[str] = None, return_raw: bool = False,
                                return_usage: bool = False, skip_cache: bool = False, **kwargs: Any) -> Reply:
@@ -95,9 +95,13 @@ class ClientAPI:
     def chat_completions_stream_sync(self, messages: List[dict], model: Optional[str] = None,
                                      skip_cache: bool = False, **kwargs: Any) -> Iterator[str]:
         """The reply's text as it arrives. Retries happen only before the first piece is yielded."""
+        text = False
         for event in self._stream(check_messages(messages), self._model(model), kwargs, skip_cache=skip_cache):
             if event.content:
+                text = True
                 yield event.content
+            elif event.result is not None and not text and event.result.tool_calls:
+                yield event.result.text  # a reply that only calls tools: its calls as JSON, never nothing
 
     async def chat_completions_stream(self, messages: List[dict], model: Optional[str] = None,
                                       skip_cache: bool = False, **kwargs: Any) -> AsyncIterator[str]:

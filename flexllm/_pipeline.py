@@ -17,7 +17,7 @@ from ._logging import get_logger
 from .config import ResponseCacheConfig
 from .errors import LLMError, ResponseParseError, ResponseValidationError, StreamTruncatedError
 from .http import Transport
-from .providers.base import ProviderAdapter, RequestSpec
+from .providers.base import ProviderAdapter, RequestSpec, StreamReply
 from .ratelimit import TokenBucket
 from .retry import RetryPolicy, is_retryable
 from .structured import ResponseSchema, prepare
@@ -54,6 +54,11 @@ def result_from_cache(entry: dict) -> ChatCompletionResult:
     return ChatCompletionResult(content=entry.get("content") or "", usage=entry.get("usage"),
                                 reasoning_content=entry.get("reasoning_content"),
                                 tool_calls=entry.get("tool_calls"), finish_reason=entry.get("finish_reason"))
+
+
+def is_answer(result: ChatCompletionResult) -> bool:
+    """Whether a reply is worth caching: it has text or tool calls (an empty reply is asked again next time)."""
+    return bool(result.content or result.tool_calls)
 
 
 def cache_entry(result: ChatCompletionResult) -> dict:
@@ -187,7 +192,7 @@ class Pipeline:
             raise
         if paid is not None:
             result.usage = paid  # every re-ask was paid for
-        if key is not None:
+        if key is not None and is_answer(result):
             cache.set(key, cache_entry(result))
         return Outcome(result, raw, False, attempts, time.perf_counter() - started)
 
@@ -254,8 +259,11 @@ class Pipeline:
             key = self.cache_key(messages, model, params)
             entry = cache.get(key)
             if entry is not None:
-                yield StreamEvent(content=entry.get("content") or "", reasoning=entry.get("reasoning_content") or "",
-                                  usage=entry.get("usage"), finish_reason=entry.get("finish_reason"), done=True)
+                result = result_from_cache(entry)
+                yield StreamEvent(content=result.content, reasoning=result.reasoning_content or "",
+                                  usage=result.usage, finish_reason=result.finish_reason, done=True,
+                                  tool_calls=[dict(c, index=i) for i, c in enumerate(result.tool_calls or ())] or None,
+                                  result=result)
                 return
         spec = self.adapter.build_request(messages, model, params, stream=True)
         opens = 0
@@ -266,23 +274,19 @@ class Pipeline:
             return self._open_stream(spec, model, take_token=opens > 1 or not token_taken)
 
         stack, events, first = self.retry.call(open_stream)
-        content: List[str] = []
-        reasoning: List[str] = []
-        usage = finish = None
+        reply = StreamReply()
         try:
             event: Optional[StreamEvent] = first
             while event is not None:
-                content.append(event.content)
-                reasoning.append(event.reasoning)
-                usage = event.usage or usage
-                finish = event.finish_reason or finish
+                reply.add(event)
                 yield event
                 event = next(events, None)
         finally:
             stack.close()
-        if key is not None:
-            cache.set(key, cache_entry(ChatCompletionResult("".join(content), usage, "".join(reasoning) or None,
-                                                            finish_reason=finish)))
+        result = self.adapter.stream_result(reply, model=model)  # raises for a blocked or refused reply
+        if key is not None and is_answer(result):
+            cache.set(key, cache_entry(result))
+        yield StreamEvent(done=True, result=result)
 
     def _open_stream(self, spec: RequestSpec, model: str, take_token: bool = True
                      ) -> Tuple[contextlib.ExitStack, Iterator[StreamEvent], Optional[StreamEvent]]:
@@ -315,7 +319,8 @@ class Pipeline:
                 saw_done = True
                 break
             finish = event.finish_reason or finish
-            if event.content or event.reasoning or event.usage or event.finish_reason or event.tool_calls:
+            if event.content or event.reasoning or event.usage or event.finish_reason or event.tool_calls or \
+                    event.refusal:
                 yield event
         if not self.adapter.stream_complete(saw_done, finish):
             raise StreamTruncatedError("stream ended before its end marker (connection closed early)",

@@ -210,7 +210,7 @@ class BatchJob:
         for (index, messages, meta), hit in zip(todo, hits):
             if hit is not None:
                 r = result_from_cache(hit)
-                yield BatchResultItem(index, r.content, r.usage, "cached", None, 0.0, meta,
+                yield BatchResultItem(index, r.text, r.usage, "cached", None, 0.0, meta,
                                       r.reasoning_content), messages
             else:
                 yield None, (index, messages, meta)
@@ -240,7 +240,7 @@ class BatchJob:
                 self._record(item, checkpoint, progress, messages)
             return item
         r: ChatCompletionResult = outcome.result
-        item = BatchResultItem(index, r.content, r.usage, "cached" if outcome.cached else "success", None,
+        item = BatchResultItem(index, r.text, r.usage, "cached" if outcome.cached else "success", None,
                                outcome.latency, meta, r.reasoning_content)
         with self._lock:
             self.retries += max(0, outcome.attempts - 1)

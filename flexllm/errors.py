@@ -13,6 +13,7 @@
     ├── ResponseParseError            a 2xx whose body is not what the provider promises
     │   └── StreamTruncatedError      a stream that ended before its end marker
     ├── ContentBlockedError           the provider refused the prompt or the reply (safety)
+    │   └── RefusalError              the model declined to answer (OpenAI `refusal`); `.refusal` says why
     └── ResponseValidationError       the reply does not match the requested response schema (after re-asks)
 
 Every error names the provider and model and carries the server's own message. None ever holds an
@@ -33,6 +34,7 @@ __all__ = [
     "NotFoundError",
     "QuotaExceededError",
     "RateLimitError",
+    "RefusalError",
     "ResponseParseError",
     "ResponseValidationError",
     "ServerError",
@@ -144,6 +146,17 @@ class ResponseValidationError(LLMError):
         self.error = error
         self.reply = reply
         super().__init__(message, provider=provider, model=model)
+
+
+class RefusalError(ContentBlockedError):
+    """The model declined to answer (OpenAI's `message.refusal`); `refusal` is its own words.
+
+    Never retried (asking again gets the same refusal), never cached, never an empty success.
+    """
+
+    def __init__(self, refusal: str, *, provider: Optional[str] = None, model: Optional[str] = None) -> None:
+        self.refusal = refusal
+        super().__init__(f"the model refused: {refusal[:500]}", reason="refusal", provider=provider, model=model)
 
 
 _STATUS_CLASSES: Dict[int, Type[APIStatusError]] = {

@@ -1,6 +1,7 @@
 """Result values returned by flexllm clients."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -19,6 +20,14 @@ class ChatCompletionResult:
     finish_reason: Optional[str] = None
     #: the reply parsed and validated against `response_format` (a model instance or JSON value), else None
     parsed: Any = None
+
+    @property
+    def text(self) -> str:
+        """What the text-returning APIs give: the content, or, for a reply that only calls tools, the tool
+        calls as a JSON array (OpenAI shape) — never an empty string standing for a tool call."""
+        if not self.content and self.tool_calls:
+            return json.dumps(self.tool_calls, ensure_ascii=False)
+        return self.content
 
 
 @dataclass
@@ -62,4 +71,8 @@ class StreamEvent:
     raw: Optional[Dict[str, Any]] = field(default=None, repr=False)
     #: tool-call deltas in OpenAI's streaming shape: `[{"index", "id"?, "type"?, "function": {"name"?, "arguments"}}]`
     tool_calls: Optional[List[dict]] = None
+    #: a piece of the model's refusal (OpenAI `delta.refusal`)
+    refusal: str = ""
+    #: on the last event of a stream that ended properly: the whole reply, as a non-stream call returns it
+    result: Optional["ChatCompletionResult"] = field(default=None, repr=False)
 

@@ -113,7 +113,7 @@ def stream(turn: Turn) -> Iterator[bytes]:
     """The SSE frames of a streamed reply (no end marker: the last chunk carries finishReason)."""
     model = (route(turn.path) or ("", False))[0]
     yield from sse(stream_events(turn.body, turn.seq, model, turn.answer, _reasoning(turn),
-                                 turn.directives.get("finish", "STOP"), turn.truncate), sep=b"\r\n\r\n")
+                                 turn.directives.get("finish", "STOP"), turn.truncate, turn.calls), sep=b"\r\n\r\n")
 
 
 def _reply(body: Dict[str, Any], seq: int, model: str, answer: str, reasoning: Optional[str], finish: str,
@@ -140,11 +140,15 @@ def _reply(body: Dict[str, Any], seq: int, model: str, answer: str, reasoning: O
 
 
 def stream_events(body: Dict[str, Any], seq: int, model: str, answer: str, reasoning: Optional[str], finish: str,
-                  truncate: bool) -> Iterator[Dict[str, Any]]:
+                  truncate: bool, calls: Optional[List[Dict[str, Any]]] = None) -> Iterator[Dict[str, Any]]:
     chunks: List[Dict[str, Any]] = []
     if reasoning is not None:
         chunks += [{"text": p, "thought": True} for p in pieces(reasoning)]
     chunks += [{"text": p} for p in pieces(answer)]
+    chunks += [{"functionCall": {"name": c["function"]["name"], "args": json.loads(c["function"]["arguments"])}}
+               for c in calls or ()]
+    if finish not in ("STOP", "MAX_TOKENS"):  # a blocked reply (SAFETY, …) streams no parts, like the non-stream one
+        chunks = []
     if truncate:
         chunks = chunks[: max(1, len(chunks) // 2)]
     base = {"modelVersion": model, "responseId": f"mock-{seq}"}

@@ -85,8 +85,12 @@ def _reasoning(turn: Turn) -> Tuple[Optional[str], Optional[str]]:
 def reply(turn: Turn) -> Dict[str, Any]:
     """The JSON of a non-streamed reply."""
     reasoning, think = _reasoning(turn)
-    return _reply(turn.body, turn.seq, turn.answer, reasoning, think,
-                  turn.directives.get("finish", "tool_calls" if turn.calls else "stop"), turn.calls)
+    out = _reply(turn.body, turn.seq, turn.answer, reasoning, think,
+                 turn.directives.get("finish", "tool_calls" if turn.calls else "stop"), turn.calls)
+    if "refusal" in turn.directives:  # a model that declines: content null, the reason in `refusal`
+        for choice in out["choices"]:
+            choice["message"].update(content=None, refusal=turn.directives["refusal"])
+    return out
 
 
 def requested_schema(body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -102,7 +106,8 @@ def stream(turn: Turn) -> Iterator[bytes]:
     """The SSE frames of a streamed reply, ending with `data: [DONE]` unless truncated."""
     reasoning, think = _reasoning(turn)
     yield from sse(stream_events(turn.body, turn.seq, turn.answer, reasoning, think,
-                                 turn.directives.get("finish", "stop"), turn.truncate))
+                                 turn.directives.get("finish", "tool_calls" if turn.calls else "stop"), turn.truncate,
+                                 turn.calls, turn.directives.get("refusal")))
     if not turn.truncate:
         yield b"data: [DONE]\n\n"
 
@@ -121,7 +126,8 @@ def _reply(body: Dict[str, Any], seq: int, answer: str, reasoning: Optional[str]
 
 
 def stream_events(body: Dict[str, Any], seq: int, answer: str, reasoning: Optional[str], think: Optional[str],
-                  finish: str, truncate: bool) -> Iterator[Dict[str, Any]]:
+                  finish: str, truncate: bool, calls: Optional[List[Dict[str, Any]]] = None,
+                  refusal: Optional[str] = None) -> Iterator[Dict[str, Any]]:
     """The chunk objects of a streamed reply (the caller frames them as SSE and adds [DONE])."""
     base = {"id": f"chatcmpl-mock-{seq}", "object": "chat.completion.chunk", "created": int(time.time()),
             "model": body.get("model")}
@@ -132,7 +138,16 @@ def stream_events(body: Dict[str, Any], seq: int, answer: str, reasoning: Option
     deltas: List[Dict[str, Any]] = [{"role": "assistant", "content": ""}]
     if reasoning is not None and think not in ("tags", "closing"):
         deltas += [{field: p} for p in pieces(reasoning)]
-    deltas += [{"content": p} for p in pieces(content)]
+    if refusal is not None:
+        deltas += [{"refusal": p} for p in pieces(refusal)]
+    else:
+        deltas += [{"content": p} for p in pieces(content)]
+    for i, call in enumerate(calls or ()):  # OpenAI's shape: id and name first, then the arguments in pieces
+        deltas.append({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                       "function": {"name": call["function"]["name"], "arguments": ""}}]})
+        args = call["function"]["arguments"]
+        deltas += [{"tool_calls": [{"index": i, "function": {"arguments": args[j:j + 7]}}]}
+                   for j in range(0, len(args), 7)]
     if truncate:
         deltas = deltas[: max(2, len(deltas) // 2)]
     for d in deltas:

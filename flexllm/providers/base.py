@@ -14,8 +14,8 @@ from .._logging import redact_secrets
 from ..errors import APIStatusError, ResponseParseError
 from ..types import ChatCompletionResult, StreamEvent
 
-__all__ = ["LIBRARY_KWARGS", "MAX_ERROR_TEXT", "ProviderAdapter", "RequestSpec", "as_dict", "as_str", "check_headers",
-           "clean_secret", "decode_sse_json"]
+__all__ = ["LIBRARY_KWARGS", "MAX_ERROR_TEXT", "ProviderAdapter", "RequestSpec", "StreamReply", "as_dict", "as_str",
+           "check_headers", "clean_secret", "decode_sse_json"]
 
 #: server text quoted in an error message is cut to this many characters (after redaction)
 MAX_ERROR_TEXT = 500
@@ -98,6 +98,53 @@ def as_str(value: Any) -> Optional[str]:
     return value if isinstance(value, str) else None
 
 
+class StreamReply:
+    """A stream's events collected into the reply a non-stream call returns (tool-call deltas merged by index)."""
+
+    __slots__ = ("content", "reasoning", "refusal", "usage", "finish_reason", "_calls")
+
+    def __init__(self) -> None:
+        self.content: List[str] = []
+        self.reasoning: List[str] = []
+        self.refusal: List[str] = []
+        self.usage: Optional[dict] = None
+        self.finish_reason: Optional[str] = None
+        self._calls: Dict[int, Dict[str, Any]] = {}
+
+    def add(self, event: StreamEvent) -> None:
+        """Take in one event."""
+        if event.content:
+            self.content.append(event.content)
+        if event.reasoning:
+            self.reasoning.append(event.reasoning)
+        if event.refusal:
+            self.refusal.append(event.refusal)
+        self.usage = event.usage or self.usage
+        self.finish_reason = event.finish_reason or self.finish_reason
+        for delta in event.tool_calls or ():
+            self._merge_call(delta)
+
+    def _merge_call(self, delta: Dict[str, Any]) -> None:
+        index = delta.get("index")
+        call = self._calls.setdefault(index if isinstance(index, int) else len(self._calls),
+                                      {"id": None, "type": "function", "function": {"name": None, "arguments": ""}})
+        for key in ("id", "type"):
+            if isinstance(delta.get(key), str):
+                call[key] = delta[key]
+        fn = delta.get("function")
+        if isinstance(fn, dict):
+            if isinstance(fn.get("name"), str) and not call["function"]["name"]:  # some servers repeat it
+                call["function"]["name"] = fn["name"]
+            if isinstance(fn.get("arguments"), str):
+                call["function"]["arguments"] += fn["arguments"]
+
+    def result(self) -> ChatCompletionResult:
+        """The collected reply (content and reasoning joined, tool calls in index order)."""
+        calls = [self._calls[i] for i in sorted(self._calls)] or None
+        return ChatCompletionResult("".join(self.content), self.usage, "".join(self.reasoning) or None,
+                                    tool_calls=calls, finish_reason=self.finish_reason)
+
+
 class ProviderAdapter:
     """Base class of provider adapters. Subclasses override every method below."""
 
@@ -120,6 +167,11 @@ class ProviderAdapter:
     def stream_parser(self, model: str) -> Callable[[str], Optional[StreamEvent]]:
         """A line parser for one stream; adapters whose events need earlier lines return a stateful one."""
         return functools.partial(self.parse_stream_line, model=model)
+
+    def stream_result(self, reply: StreamReply, *, model: str) -> ChatCompletionResult:
+        """The reply a finished stream amounts to: what `parse_response` would return for the same answer
+        (and the same errors: a blocked or refused reply raises here, at the end of the stream)."""
+        return reply.result()
 
     def stream_complete(self, saw_done: bool, finish_reason: Optional[str]) -> bool:
         """Whether a stream that ended here ended properly (else it was truncated)."""

@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 
 from ..errors import APIStatusError, ContentBlockedError, QuotaExceededError, ResponseParseError, status_error_class
 from ..types import ChatCompletionResult, StreamEvent
-from .base import LIBRARY_KWARGS, ProviderAdapter, RequestSpec, as_dict, as_str, check_headers, clean_secret, \
-    decode_sse_json
+from .base import LIBRARY_KWARGS, ProviderAdapter, RequestSpec, StreamReply, as_dict, as_str, check_headers, \
+    clean_secret, decode_sse_json
 from .registry import Provider, register
 
 __all__ = ["GeminiAdapter", "detect_gemini", "gemini_thinking_config"]
@@ -329,21 +329,46 @@ class GeminiAdapter(ProviderAdapter):
         if finish in BLOCK_FINISH and not text and not calls:
             raise ContentBlockedError(f"reply blocked by Gemini: {finish}", reason=finish, provider=self.name,
                                       model=model)
+        reason = FINISH.get(finish, finish.lower()) if finish else None
         return ChatCompletionResult(content=text, usage=to_usage(data.get("usageMetadata")),
                                     reasoning_content=thought or None, tool_calls=calls or None,
-                                    finish_reason=FINISH.get(finish, finish.lower()) if finish else None)
+                                    finish_reason="tool_calls" if calls and reason == "stop" else reason)
 
-    def parse_stream_line(self, line: str, *, model: str) -> Optional[StreamEvent]:
+    def parse_stream_line(self, line: str, *, model: str, calls_before: int = 0) -> Optional[StreamEvent]:
         if not line.startswith("data:"):
             return None
         chunk = decode_sse_json(line[5:], provider=self.name, model=model, redact=self.redact)
         found = self._candidate(chunk, model)
         event = StreamEvent(usage=to_usage(chunk.get("usageMetadata")), raw=chunk)
         if found is not None:
-            event.content, event.reasoning, _, finish = found
+            event.content, event.reasoning, calls, finish = found
+            if calls:  # each functionCall arrives whole; number them across the stream
+                event.tool_calls = [dict(c, index=calls_before + i, id=f"call_{calls_before + i}")
+                                    for i, c in enumerate(calls)]
             if finish:
                 event.finish_reason = FINISH.get(finish, finish.lower())
         return event
+
+    def stream_parser(self, model: str) -> Callable[[str], Optional[StreamEvent]]:
+        seen = 0
+
+        def parse(line: str) -> Optional[StreamEvent]:
+            nonlocal seen
+            event = self.parse_stream_line(line, model=model, calls_before=seen)
+            if event is not None and event.tool_calls:
+                seen += len(event.tool_calls)
+            return event
+        return parse
+
+    def stream_result(self, reply: StreamReply, *, model: str) -> ChatCompletionResult:
+        result = reply.result()
+        finish = (result.finish_reason or "").upper()
+        if finish in BLOCK_FINISH and not result.content and not result.tool_calls:  # as parse_response does
+            raise ContentBlockedError(f"reply blocked by Gemini: {finish}", reason=finish, provider=self.name,
+                                      model=model)
+        if result.tool_calls and result.finish_reason == "stop":
+            result.finish_reason = "tool_calls"  # OpenAI's word, as parse_response says it
+        return result
 
     def stream_complete(self, saw_done: bool, finish_reason: Optional[str]) -> bool:
         return finish_reason is not None  # Gemini has no [DONE]: the last chunk carries finishReason
@@ -373,7 +398,8 @@ class GeminiAdapter(ProviderAdapter):
                                  code=code, retry_after=retry_after)
 
     def cache_params(self, params: Dict[str, Any]) -> Dict[str, Any]:
-        out = {k: v for k, v in params.items() if k not in LIBRARY_KWARGS and k != "extra_headers" and v is not None}
+        out = {k: v for k, v in params.items()
+               if k not in LIBRARY_KWARGS and k not in ("extra_headers", "stream", "stream_options") and v is not None}
         thinking = params["thinking"] if "thinking" in params else self.thinking
         if thinking is not None:
             out["thinking"] = thinking

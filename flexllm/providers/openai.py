@@ -5,16 +5,25 @@ import json
 from typing import Any, Dict, List, Mapping, Optional
 from urllib.parse import urlsplit
 
-from ..errors import APIStatusError, QuotaExceededError, ResponseParseError, status_error_class
+from ..errors import (
+    APIStatusError,
+    ContentBlockedError,
+    QuotaExceededError,
+    RefusalError,
+    ResponseParseError,
+    status_error_class,
+)
 from ..types import ChatCompletionResult, StreamEvent
-from .base import LIBRARY_KWARGS, MAX_ERROR_TEXT, ProviderAdapter, RequestSpec, as_dict, as_str, check_headers, \
-    clean_secret, decode_sse_json
+from .base import LIBRARY_KWARGS, MAX_ERROR_TEXT, ProviderAdapter, RequestSpec, StreamReply, as_dict, as_str, \
+    check_headers, clean_secret, decode_sse_json
 from .registry import Provider, foreign_params, register
 
 __all__ = ["OpenAIAdapter", "endpoint_kind", "split_thoughts", "thinking_params"]
 
 THINKING_LEVELS = ("minimal", "low", "medium", "high")
 _OMIT = LIBRARY_KWARGS | {"extra_body", "extra_headers"}
+#: request words that change how the answer travels, not what it is (a stream and a call share a cache entry)
+_NOT_IN_KEY = frozenset({"stream", "stream_options"})
 
 
 def endpoint_kind(base_url: str) -> str:
@@ -112,8 +121,11 @@ class OpenAIAdapter(ProviderAdapter):
             body.update(extra)
         if stream:
             body["stream"] = True
+            # usage arrives in a last chunk only when asked for; the caller's own stream_options win
+            body.setdefault("stream_options", {"include_usage": True})
         else:
             body.pop("stream", None)
+            body.pop("stream_options", None)
         headers = self._stream_headers if stream else self._headers
         if params.get("extra_headers"):
             headers = {**headers, **check_headers(params["extra_headers"], "extra_headers")}
@@ -136,13 +148,31 @@ class OpenAIAdapter(ProviderAdapter):
         if tool_calls is not None and not (isinstance(tool_calls, list) and all(isinstance(c, dict) for c in tool_calls)):
             raise self.shape_error("choices[0].message.tool_calls", tool_calls, "a list of objects", model=model)
         parts = split_thoughts(message)
-        return ChatCompletionResult(
+        result = ChatCompletionResult(
             content=parts["answer"],
             usage=as_dict(data.get("usage")),
             reasoning_content=parts["thought"] or None,
             tool_calls=tool_calls,
             finish_reason=as_str(choice.get("finish_reason")),
         )
+        return self._answer(result, as_str(message.get("refusal")), model)
+
+    def _answer(self, result: ChatCompletionResult, refusal: Optional[str], model: str) -> ChatCompletionResult:
+        """`result`, unless it is no answer: a refusal (RefusalError) or a filtered reply (ContentBlockedError)."""
+        if not result.content and not result.tool_calls:
+            if refusal:
+                raise RefusalError(refusal, provider=self.name, model=model)
+            if result.finish_reason == "content_filter":
+                raise ContentBlockedError("reply blocked by the provider's content filter (finish_reason: "
+                                          "content_filter)", reason="content_filter", provider=self.name, model=model)
+        return result
+
+    def stream_result(self, reply: StreamReply, *, model: str) -> ChatCompletionResult:
+        result = reply.result()
+        if not result.reasoning_content and "</think>" in result.content:  # same split as a non-stream reply
+            parts = split_thoughts({"content": result.content})
+            result.content, result.reasoning_content = parts["answer"], parts["thought"] or None
+        return self._answer(result, "".join(reply.refusal), model)
 
     def parse_stream_line(self, line: str, *, model: str) -> Optional[StreamEvent]:
         if not line.startswith("data:"):
@@ -166,7 +196,14 @@ class OpenAIAdapter(ProviderAdapter):
                 raise self.shape_error("stream choices[0].delta.content", content, "a string", model=model)
             event.content = content
             event.reasoning = as_str(delta.get("reasoning_content")) or as_str(delta.get("reasoning")) or ""
+            event.refusal = as_str(delta.get("refusal")) or ""
             event.finish_reason = as_str(choice.get("finish_reason"))
+            calls = delta.get("tool_calls")
+            if calls:
+                if not (isinstance(calls, list) and all(isinstance(c, dict) for c in calls)):
+                    raise self.shape_error("stream choices[0].delta.tool_calls", calls, "a list of objects",
+                                           model=model)
+                event.tool_calls = calls
         return event
 
     def stream_complete(self, saw_done: bool, finish_reason: Optional[str]) -> bool:
@@ -181,7 +218,7 @@ class OpenAIAdapter(ProviderAdapter):
                                  code=code)
 
     def cache_params(self, params: Dict[str, Any]) -> Dict[str, Any]:
-        out = {k: v for k, v in params.items() if k not in _OMIT and v is not None}
+        out = {k: v for k, v in params.items() if k not in _OMIT and k not in _NOT_IN_KEY and v is not None}
         thinking = params["thinking"] if "thinking" in params else self.thinking
         if thinking is not None:
             out["thinking"] = thinking
