@@ -187,7 +187,10 @@ class ClientAPI:
                      fallback_online_after: Optional[float] = None, *, model: Optional[str] = None,
                      poll_interval: float = 30.0, show_progress: bool = False, skip_cache: bool = False,
                      dry_run: bool = False, **kwargs: Any) -> Dict[str, Any]:
-        """Half-price provider batch (OpenAI Batch API, Gemini batch mode): collect, submit, return a summary.
+        """Half-price provider batch (OpenAI Batch API, Anthropic Message Batches, Gemini batch mode).
+
+        One call collects finished provider batches, submits what is neither done nor in flight, and
+        returns a summary.
 
         Call it again (e.g. from cron) with the same arguments to collect finished batches into
         `output_file` and submit what is left; `wait=True` polls until nothing is in flight;

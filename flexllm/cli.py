@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="only warnings and the summary")
     pb = b.add_argument_group("provider batch mode (half price, results within 24 h; see README)")
     pb.add_argument("--provider-batch", action="store_true",
-                    help="use the provider's batch API (OpenAI-compatible /v1/batches, Gemini batch mode): each "
+                    help="use the provider's batch API (OpenAI-compatible /v1/batches, Anthropic, Gemini): each "
                          "run collects finished batches into the output and submits the rest; exit 75 while "
                          "items are still at the provider")
     pb.add_argument("--wait", action="store_true", help="with --provider-batch: poll until nothing is in flight")

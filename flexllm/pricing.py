@@ -12,7 +12,7 @@ from typing import Any, Dict, Iterable, List, Optional
 from ._logging import get_logger
 
 __all__ = ["BATCH_DISCOUNT", "MODEL_PRICING", "PRICES_TAKEN_ON", "estimate_batch_cost", "estimate_cost",
-           "get_model_pricing"]
+           "get_model_pricing", "usage_cost"]
 
 logger = get_logger(__name__)
 
@@ -96,6 +96,14 @@ def estimate_cost(tokens: int, model: str = "gpt-4", is_input: bool = True, batc
                                "(add it to flexllm.MODEL_PRICING)", model)
         return 0.0
     return tokens * price["input" if is_input else "output"]
+
+
+def usage_cost(model: str, usage: Dict[str, Any], batch: bool = False) -> float:
+    """USD of one reply's `usage` (prompt + completion tokens); 0.0 for an unknown model (no warning)."""
+    price = get_model_pricing(model, batch)
+    if not price:
+        return 0.0
+    return (usage.get("prompt_tokens") or 0) * price["input"] + (usage.get("completion_tokens") or 0) * price["output"]
 
 
 def estimate_batch_cost(messages_list: Iterable[List[dict]], model: str = "gpt-4",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import glob
 import json
-import json as _json
 import os
 import time
 import uuid
@@ -29,80 +28,25 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-from ._messages import check_messages
+from ._batch_api import BatchCaller, batch_api_for, custom_id, definitive
 from ._batch_ledger import Ledger, LedgerBatch, format_ranges
 from ._checkpoint import Checkpoint
-from ._record import DONE_STATUSES, decode, encode
-from ._hashing import messages_hash
 from ._logging import get_logger
-from ._pipeline import _decode, cache_entry, result_from_cache
-from .errors import APIStatusError, LLMError, NotFoundError, ResponseParseError
-from .http import dumps
-from .pricing import BATCH_DISCOUNT, get_model_pricing
+from ._messages import check_messages
+from ._pipeline import cache_entry, result_from_cache
+from ._record import DONE_STATUSES, decode, encode
+from .errors import LLMError, NotFoundError
+from .pricing import BATCH_DISCOUNT, get_model_pricing, usage_cost
 from .progress import BatchProgress
-from .providers.batch_base import TERMINAL, BatchAPI, BatchState
+from .providers.batch_base import TERMINAL, BatchState
 from .types import BatchResultItem
 
-__all__ = ["ProviderBatchJob", "batch_api_for", "custom_id"]
+__all__ = ["ProviderBatchJob"]
 
 logger = get_logger("flexllm")
 
 VIA = "provider-batch"
 GONE = "gone"  # our state for a batch the provider no longer knows (HTTP 404)
-_HASH_LEN = 12
-
-
-def batch_api_for(adapter: Any, call: Callable[..., Any]) -> BatchAPI:
-    """The batch API of the adapter's provider; ValueError for providers without one."""
-    if adapter.name == "openai":
-        from .providers.openai_batch import OpenAIBatchAPI
-
-        return OpenAIBatchAPI(adapter, call)
-    if adapter.name == "gemini":
-        from .providers.gemini_batch import GeminiBatchAPI
-
-        return GeminiBatchAPI(adapter, call)
-    raise ValueError(f"provider batch mode is not available for provider {adapter.name!r}")
-
-
-class _Caller:
-    """HTTP for the batch API: the client's transport, retry policy and error mapping."""
-
-    def __init__(self, pipeline: Any, model: str) -> None:
-        self.pipeline, self.adapter, self.model = pipeline, pipeline.adapter, model
-        spec = self.adapter.build_request([{"role": "user", "content": "x"}], model, {})
-        self.headers = {k: v for k, v in spec.headers.items() if k.lower() not in ("content-type", "accept")}
-
-    def __call__(self, method: str, url: str, *, json: Any = None, content: Optional[bytes] = None,
-                 files: Optional[Dict[str, Any]] = None, data: Any = None, retry: bool = True,
-                 raw: bool = False) -> Any:
-        headers = dict(self.headers)
-        if json is not None:
-            content = dumps(json)
-        if content is not None:
-            headers["Content-Type"] = "application/json"
-
-        def once() -> Any:
-            for value in (files or {}).values():
-                value[1].seek(0)  # a retried upload starts from the top of the file
-            status, reply_headers, body = self.pipeline.transport.request(
-                method, url, headers=headers, model=self.model, content=content, files=files, data=data)
-            if not 200 <= status < 300:
-                raise self.adapter.map_error(status, _decode(body), reply_headers, model=self.model)
-            if raw:
-                return body
-            try:
-                return _json.loads(body)
-            except ValueError:
-                raise ResponseParseError(f"HTTP {status} reply to {method} is not JSON: {body[:200]!r}",
-                                         provider=self.adapter.name, model=self.model) from None
-
-        return self.pipeline.retry.call(once) if retry else once()
-
-
-def custom_id(index: int, messages: Any) -> str:
-    """`<index>-<hash of the messages>`: joins results to inputs and notices inputs edited meanwhile."""
-    return f"{index}-{messages_hash(messages)[:_HASH_LEN]}"
 
 
 def _iso(ts: Optional[float]) -> Optional[str]:
@@ -132,7 +76,7 @@ class ProviderBatchJob:
             raise ValueError("provider batch mode needs a single-endpoint client (LLMClient, OpenAIClient, "
                              "GeminiClient), not a pool")
         self.adapter = self.pipeline.adapter
-        self.api = batch_api_for(self.adapter, _Caller(self.pipeline, model))
+        self.api = batch_api_for(self.adapter, BatchCaller(self.pipeline, model))
         self.counts: Counter = Counter()
         self.tokens: Counter = Counter()
         self.errors: Counter = Counter()
@@ -183,8 +127,10 @@ class ProviderBatchJob:
     # -- resolve / poll / collect --------------------------------------------------------------------
     def _resolve(self, b: LedgerBatch) -> None:
         """An intent without `created`: ask the provider whether the batch exists (match our tag)."""
+        known = {x.batch_id for x in self.ledger.batches.values() if x.batch_id}
+        expected = {custom_id(i, self.messages[i]) for i in b.index_set() if i < len(self.messages)}
         try:
-            state = self.api.find(b.tag, b.submitted_at)
+            state = self.api.find(b.tag, b.submitted_at, size=b.n, known=known, expected_ids=expected)
         except LLMError as exc:
             logger.warning("cannot list %s batches to resolve submission %s (%s); its %d items stay reserved "
                            "until a later run can", self.api.name, b.tag, exc, b.n)
@@ -375,7 +321,7 @@ class ProviderBatchJob:
             try:
                 state = self.api.create(self.model, tag, file_id, path)
             except LLMError as exc:
-                if _definitive(exc):
+                if definitive(exc):
                     self.ledger.append("abandoned", tag, reason=f"create failed: {exc}"[:500])
                     self._submit_failed(chunk, f"create failed: {exc}", exc)
                 else:  # the batch may exist: ask the provider (tag match) instead of guessing
@@ -418,7 +364,7 @@ class ProviderBatchJob:
         if status == "error":
             self.errors[(item.error or "error").split(":", 1)[0]] += 1
         if status == "success" and usage:
-            self.tokens["cost"] += _cost(self.model, usage) * rate
+            self.tokens["cost"] += usage_cost(self.model, usage) * rate
             for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
                 if isinstance(usage.get(key), int):
                     self.tokens[key] += usage[key]
@@ -442,7 +388,7 @@ class ProviderBatchJob:
         job_cost = job_live = 0.0
         for record in self.checkpoint.done.values():
             if record.get("status") == "success" and record.get("usage"):
-                live = _cost(self.model, record["usage"])
+                live = usage_cost(self.model, record["usage"])
                 job_live += live
                 job_cost += live * (BATCH_DISCOUNT if record.get("via") == VIA else 1.0)
         total = len(self.messages)
@@ -491,25 +437,9 @@ class ProviderBatchJob:
                 "live_input_cost_usd": round(est["input_cost"], 6) if price else None}
 
 
-def _cost(model: str, usage: Dict[str, Any]) -> float:
-    price = get_model_pricing(model)
-    if not price:
-        return 0.0
-    prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
-    return prompt * price["input"] + completion * price["output"]
-
-
 def _valid(messages: Any) -> bool:
     try:
         check_messages(messages)
         return True
     except ValueError:
         return False
-
-
-def _definitive(exc: LLMError) -> bool:
-    """A create that the provider clearly refused (4xx other than 408/409/429): no batch exists."""
-    status = getattr(exc, "status_code", None)
-    return isinstance(exc, APIStatusError) and status is not None and 400 <= status < 500 and \
-        status not in (408, 409, 429)
-

@@ -30,6 +30,14 @@ def gemini_client(server, **kw):
                      retry_times=0, **kw)
 
 
+def claude_client(server, **kw):
+    return LLMClient(model="claude-haiku-4-5", base_url=server.root_url, api_key="sk-ant-test", provider="anthropic",
+                     retry_times=0, **kw)
+
+
+CLIENTS = {"openai": openai_client, "gemini": gemini_client, "anthropic": claude_client}
+
+
 def ledger(path):
     return [json.loads(line) for line in open(str(path) + ".batches")]
 
@@ -196,11 +204,13 @@ def die_after_create(monkeypatch, api_class, make_client, out, n):
     assert [e["event"] for e in ledger(out)] == ["intent"]
 
 
-@pytest.mark.parametrize("provider", ["openai", "gemini"])
+@pytest.mark.parametrize("provider", ["openai", "gemini", "anthropic"])
 def test_killed_after_create_before_ledger_line_is_resolved_by_tag(server, tmp_path, monkeypatch, provider):
-    from flexllm.providers.gemini_batch import GeminiBatchAPI
+    from flexllm._batch_api import batch_api_for
 
-    api_class, make = {"openai": (OpenAIBatchAPI, openai_client), "gemini": (GeminiBatchAPI, gemini_client)}[provider]
+    make = CLIENTS[provider]
+    with make(server) as probe:
+        api_class = type(batch_api_for(probe._batch_runner().adapter, None))
     server.configure(batch_time_scale=FAST)
     out = str(tmp_path / "o.jsonl")
     die_after_create(monkeypatch, api_class, lambda: make(server), out, 3)
@@ -208,7 +218,7 @@ def test_killed_after_create_before_ledger_line_is_resolved_by_tag(server, tmp_p
     with make(server) as client:
         summary = client.submit_batch(prompts(3), output_file=out)
     assert summary["complete"] and summary["submitted"] == 0
-    assert len(server.batches) == 1  # found by its tag (metadata / displayName), never submitted twice
+    assert len(server.batches) == 1  # found by its tag (metadata / displayName / time and size), never twice
     created = [e for e in ledger(out) if e["event"] == "created"][0]
     assert created["batch_id"] == server.batches[0]["id"] and created.get("resolved") is True
 
@@ -348,3 +358,57 @@ def test_async_twin(server, tmp_path):
                                               poll_interval=0.02)
 
     assert asyncio.run(main())["complete"]
+
+
+# -- Anthropic -------------------------------------------------------------------------------------------
+
+def test_anthropic_message_batches_submit_collect_expire_and_item_errors(server, tmp_path):
+    server.configure(batch_time_scale=FAST)
+    server.add_rule(contains="q1", batch_error=400, times=1)
+    server.add_rule(contains="q3", batch_fault="expire", times=1)
+    out = str(tmp_path / "c.jsonl")
+    with claude_client(server) as client:
+        first = client.submit_batch(prompts(4), output_file=out, max_tokens=50)
+        assert first["submitted"] == 4 and first["provider"] == "anthropic"
+        create = [r for r in server.requests if r.path == "/v1/messages/batches"][0]
+        params = create.body["requests"][0]["params"]
+        assert params["max_tokens"] == 50 and params["messages"] == [{"role": "user", "content": "q0"}]
+        assert create.headers["anthropic-version"] and create.headers["x-api-key"].startswith("<redacted")
+        settle(server)
+        second = client.submit_batch(prompts(4), output_file=out, max_tokens=50)
+        # the batch expired: the first half answered (q1 with a per-item error), the rest came back
+        assert second["collected"] == 1 and second["failed"] == 1 and second["returned"] == 2
+        assert second["errors"] == {"BadRequestError": 1} and second["submitted"] == 3
+        settle(server)
+        third = client.submit_batch(prompts(4), output_file=out, max_tokens=50)
+    assert third["complete"]
+    assert {i: r["output"] for i, r in by_index(out).items()} == {i: f"echo: q{i}" for i in range(4)}
+    assert _submissions(server).most_common(1)[0][1] == 2 and len(server.batches) == 2
+
+
+def test_anthropic_create_refused_is_abandoned_and_retried_next_run(server, tmp_path):
+    server.configure(batch_time_scale=FAST)
+    server.add_rule(contains="q0", batch_fault="invalid", times=1)
+    out = str(tmp_path / "c.jsonl")
+    with claude_client(server) as client:
+        first = client.submit_batch(prompts(2), output_file=out)
+        assert first["submitted"] == 0 and first["submit_failed"] == 2 and first["errors"] == {"BadRequestError": 1}
+        assert [e["event"] for e in ledger(out)] == ["intent", "abandoned"]
+        second = client.submit_batch(prompts(2), output_file=out, wait=True, poll_interval=0.02)
+    assert second["complete"] and len(server.batches) == 1
+
+
+def test_anthropic_two_lost_submissions_of_one_size_are_told_apart_by_custom_ids(server, tmp_path, monkeypatch):
+    from flexllm.providers.anthropic_batch import AnthropicBatchAPI
+
+    server.configure(batch_time_scale=FAST)
+    out = str(tmp_path / "c.jsonl")
+    die_after_create(monkeypatch, AnthropicBatchAPI, lambda: claude_client(server), out, 2)
+    # another program created a batch of the same size meanwhile
+    with claude_client(server) as other:
+        other.submit_batch(prompts(2, "other {}"), output_file=str(tmp_path / "other.jsonl"))
+    settle(server)
+    with claude_client(server) as client:
+        summary = client.submit_batch(prompts(2), output_file=out)
+    assert summary["complete"] and len(server.batches) == 2
+    assert {r["output"] for r in read_records(out)} == {"echo: q0", "echo: q1"}

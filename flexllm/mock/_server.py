@@ -163,6 +163,8 @@ class _Handler(BaseHTTPRequestHandler):
         store = mock.batch_store
         if kind == "openai":
             status, payload = store.openai(method, groups, self.headers, raw, query)
+        elif kind == "anthropic":
+            status, payload = store.anthropic(method, groups, self.headers, raw, query)
         elif kind == "gemini_create":
             status, payload = store.gemini_create(groups, raw)
         else:

@@ -1,24 +1,29 @@
 """The contract of a provider's batch API (OpenAI Batch, Anthropic Message Batches, Gemini batch mode).
 
-A `BatchAPI` turns our requests into the provider's batch payload and the provider's batch objects and
+Each provider with a batch API has a module `flexllm/providers/<name>_batch.py` whose `BATCH_API` is a
+`BatchAPI` subclass (looked up by the provider's registered name). A `BatchAPI` turns our requests into the provider's batch payload and the provider's batch objects and
 result files back into normalised values. It does its I/O only through the `call` it is given (the
 shared transport with retries and error mapping), and the per-request bodies come from the provider's
 own chat adapter (`build_request` / `parse_response`): there is one mapping per provider, not two.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from datetime import datetime
+from typing import Any, Callable, Collection, Dict, Iterator, List, Optional
 
 from .base import ProviderAdapter, RequestSpec
 
 __all__ = ["BatchAPI", "BatchState", "ItemResult", "Call", "RUNNING", "COMPLETED", "EXPIRED", "FAILED",
-           "CANCELLED", "TERMINAL"]
+           "CANCELLED", "PROBE", "TERMINAL", "read_lines", "rfc3339"]
 
 #: normalised states (each provider maps its own names onto these)
 RUNNING, COMPLETED, EXPIRED, FAILED, CANCELLED = "running", "completed", "expired", "failed", "cancelled"
 TERMINAL = frozenset({COMPLETED, EXPIRED, FAILED, CANCELLED})
 
+#: a minimal conversation, to ask an adapter for its URL and headers
+PROBE = [{"role": "user", "content": "x"}]
 #: call(method, url, *, retry=True, content=None, files=None, data=None, extra_headers=None) -> decoded body
 Call = Callable[..., Any]
 
@@ -65,6 +70,10 @@ class BatchAPI:
         self.adapter = adapter
         self.call = call
 
+    def chat_url(self, model: str = "m") -> str:
+        """The live chat endpoint of `model` (batch endpoints are found beside it)."""
+        return self.adapter.build_request(PROBE, model, {}).url
+
     def line(self, custom_id: str, spec: RequestSpec) -> Dict[str, Any]:
         """The payload entry of one request (an input-file line, an inlined request)."""
         raise NotImplementedError
@@ -84,8 +93,10 @@ class BatchAPI:
         """Every result the provider has for a finished batch (`custom_ids` in submission order)."""
         raise NotImplementedError
 
-    def find(self, tag: str, since: float) -> Optional[BatchState]:
-        """The batch created with `tag` (listing batches created after `since`), or None."""
+    def find(self, tag: str, since: float, *, size: int = 0, known: Collection[str] = (),
+             expected_ids: Collection[str] = ()) -> Optional[BatchState]:
+        """The batch created for the submission `tag` (`since` its intent; `size` requests; `known` batch ids
+        are someone else's; `expected_ids` its custom_ids), or None when it was never created."""
         raise NotImplementedError
 
     def cancel(self, batch_id: str) -> None:
@@ -99,3 +110,18 @@ def read_lines(path: str) -> Iterator[bytes]:
             raw = raw.rstrip(b"\n")
             if raw:
                 yield raw
+
+
+def rfc3339(value: Any) -> Optional[float]:
+    """Unix seconds of an RFC 3339 timestamp (any number of fraction digits), None when unreadable."""
+    if not value:
+        return None
+    try:
+        text = str(value).replace("Z", "+00:00")
+        if "." in text:  # Python < 3.11 accepts at most 6 fraction digits
+            head, _, tail = text.partition(".")
+            digits = re.match(r"\d*", tail).group(0)  # type: ignore[union-attr]
+            text = f"{head}.{digits[:6]}{tail[len(digits):]}"
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None

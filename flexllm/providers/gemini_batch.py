@@ -10,13 +10,13 @@ Inlined requests are capped at 20 MB per batch, so big jobs are split into sever
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import Any, Dict, Iterator, List, Optional
 
 from .base import RequestSpec
-from .batch_base import CANCELLED, COMPLETED, EXPIRED, FAILED, RUNNING, BatchAPI, BatchState, ItemResult, read_lines
+from .batch_base import (CANCELLED, COMPLETED, EXPIRED, FAILED, RUNNING, BatchAPI, BatchState, ItemResult,
+                         read_lines, rfc3339)
 
-__all__ = ["GeminiBatchAPI"]
+__all__ = ["BATCH_API", "GeminiBatchAPI"]
 
 _STATES = {"PENDING": RUNNING, "RUNNING": RUNNING, "SUCCEEDED": COMPLETED, "FAILED": FAILED,
            "CANCELLED": CANCELLED, "EXPIRED": EXPIRED, "UNSPECIFIED": RUNNING, "QUEUED": RUNNING}
@@ -27,20 +27,6 @@ _PREFIX = re.compile(r"^(BATCH_STATE_|JOB_STATE_)")
 
 def _state_of(name: str) -> str:
     return _STATES.get(_PREFIX.sub("", name or ""), RUNNING)
-
-
-def _rfc3339(value: Any) -> Optional[float]:
-    if not value:
-        return None
-    try:
-        text = str(value).replace("Z", "+00:00")
-        if "." in text:  # Python < 3.11 accepts at most 6 fraction digits
-            head, _, tail = text.partition(".")
-            digits = re.match(r"\d*", tail).group(0)  # type: ignore[union-attr]
-            text = f"{head}.{digits[:6]}{tail[len(digits):]}"
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
 
 
 class GeminiBatchAPI(BatchAPI):
@@ -55,8 +41,7 @@ class GeminiBatchAPI(BatchAPI):
         if getattr(adapter, "use_vertex_ai", False):
             raise ValueError("provider batch mode for Gemini needs the Developer API (api_key); Vertex AI batch "
                              "prediction jobs are not supported")
-        spec = adapter.build_request([{"role": "user", "content": "x"}], "m", {})
-        self.version_root = spec.url.split("/models/", 1)[0]  # …/v1beta
+        self.version_root = self.chat_url().split("/models/", 1)[0]  # …/v1beta
 
     def line(self, custom_id: str, spec: RequestSpec) -> Dict[str, Any]:
         return {"request": spec.json, "metadata": {"key": custom_id}}
@@ -81,7 +66,7 @@ class GeminiBatchAPI(BatchAPI):
         if error and state == RUNNING and op.get("done"):
             state = FAILED
         name = str(op.get("name") or meta.get("name") or "")
-        created = _rfc3339(meta.get("createTime"))
+        created = rfc3339(meta.get("createTime"))
         expires = created + EXPIRES_AFTER if created is not None else None
         return BatchState(state, status, name, meta.get("batchStats") or {}, expires, message, op)
 
@@ -102,7 +87,7 @@ class GeminiBatchAPI(BatchAPI):
                 err = row.get("error") or {}
                 yield ItemResult(str(key), error=f"BatchItemError: {err.get('code')}: {err.get('message')}")
 
-    def find(self, tag: str, since: float) -> Optional[BatchState]:
+    def find(self, tag: str, since: float, **_: Any) -> Optional[BatchState]:
         token = None
         for _ in range(50):
             url = f"{self.version_root}/batches?pageSize=100" + (f"&pageToken={token}" if token else "")
@@ -119,3 +104,6 @@ class GeminiBatchAPI(BatchAPI):
 
     def cancel(self, batch_id: str) -> None:
         self.call("POST", f"{self.version_root}/{batch_id}:cancel", json={})
+
+
+BATCH_API = GeminiBatchAPI

@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterator, List, Optional
 from .base import RequestSpec
 from .batch_base import CANCELLED, COMPLETED, EXPIRED, FAILED, RUNNING, BatchAPI, BatchState, ItemResult
 
-__all__ = ["OpenAIBatchAPI"]
+__all__ = ["BATCH_API", "OpenAIBatchAPI"]
 
 STATES = {"validating": RUNNING, "in_progress": RUNNING, "finalizing": RUNNING, "cancelling": RUNNING,
           "completed": COMPLETED, "expired": EXPIRED, "failed": FAILED, "cancelled": CANCELLED}
@@ -90,7 +90,7 @@ class OpenAIBatchAPI(BatchAPI):
         message = error.get("message") if isinstance(error, dict) else error
         return ItemResult(custom_id, error=f"BatchItemError: {code}: {message}")
 
-    def find(self, tag: str, since: float) -> Optional[BatchState]:
+    def find(self, tag: str, since: float, **_: Any) -> Optional[BatchState]:
         after = None
         for _ in range(50):  # at most 5,000 recent batches
             url = f"{self.base}/batches?limit=100" + (f"&after={after}" if after else "")
@@ -107,3 +107,6 @@ class OpenAIBatchAPI(BatchAPI):
 
     def cancel(self, batch_id: str) -> None:
         self.call("POST", f"{self.base}/batches/{batch_id}/cancel", json={})
+
+
+BATCH_API = OpenAIBatchAPI
