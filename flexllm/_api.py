@@ -14,6 +14,7 @@ from ._aio import aiter_in_thread, run_in_thread, run_stoppable
 from ._logging import get_logger
 from ._messages import check_messages
 from ._pipeline import Outcome
+from .structured import is_model_instance
 from .types import BatchResultItem, ChatCompletionResult, StreamEvent
 
 __all__ = ["ClientAPI"]
@@ -21,6 +22,18 @@ __all__ = ["ClientAPI"]
 logger = get_logger("flexllm")
 
 Reply = Union[str, ChatCompletionResult, Dict[str, Any]]
+
+
+def _reply_of(item: BatchResultItem, return_usage: bool) -> Any:
+    """What a batch returns for one item: None (failed), a ChatCompletionResult, a model instance or the text."""
+    if item.status == "error":
+        return None
+    if return_usage:
+        return ChatCompletionResult(item.content or "", item.usage, item.reasoning_content, item.tool_calls,
+                                    item.finish_reason, item.parsed)
+    if is_model_instance(item.parsed):
+        return item.parsed
+    return item.content
 
 
 class ClientAPI:
@@ -114,42 +127,62 @@ class ClientAPI:
     def iter_chat_completions_batch(self, messages_list: Iterable[List[dict]], output_file: Optional[str] = None,
                                     show_progress: bool = False, flush_interval: float = 1.0,
                                     metadata_list: Optional[List[dict]] = None, model: Optional[str] = None,
-                                    skip_cache: bool = False, **kwargs: Any) -> Iterator[BatchResultItem]:
+                                    skip_cache: bool = False, *, params_list: Any = None, redo: Any = None,
+                                    max_cost_usd: Optional[float] = None, **kwargs: Any) -> Iterator[BatchResultItem]:
         """Yield a `BatchResultItem` per item as it finishes (resumed items first), keeping memory bounded.
 
         `messages_list` may be any iterable (e.g. a generator reading a file). With `output_file`, each
-        finished item is appended to it at once and a rerun resumes (DESIGN §6).
+        finished item is appended to it at once and a rerun resumes (DESIGN §6). `params_list`: one dict
+        of kwargs per item (model, temperature, response_format, …) over the call's. `redo`: "length",
+        "all" or `callable(record) -> bool` — finished records of an earlier run to ask again (failed ones
+        always are). `max_cost_usd`: no request starts once it could pass this spend.
         """
+        return self._batch_job(model, kwargs, output_file, metadata_list, show_progress, flush_interval, skip_cache,
+                               params_list=params_list, redo=redo, max_cost_usd=max_cost_usd).run(messages_list)
+
+    def _batch_job(self, model: Optional[str], kwargs: Dict[str, Any], output_file: Optional[str],
+                   metadata_list: Any, show_progress: bool, flush_interval: float, skip_cache: bool, *,
+                   params_list: Any = None, redo: Any = None, max_cost_usd: Optional[float] = None,
+                   stop: Optional[threading.Event] = None) -> Any:
         from .batch import BatchJob
 
-        job = BatchJob(self._batch_runner(), self._model(model), kwargs, output_file=output_file,
-                       metadata_list=metadata_list, show_progress=show_progress, flush_interval=flush_interval,
-                       skip_cache=skip_cache)
-        return job.run(messages_list)
+        return BatchJob(self._batch_runner(), self._model(model), kwargs, output_file=output_file,
+                        metadata_list=metadata_list, show_progress=show_progress, flush_interval=flush_interval,
+                        skip_cache=skip_cache, params_list=params_list, redo=redo, max_cost_usd=max_cost_usd,
+                        stop=stop)
 
     def chat_completions_batch_sync(self, messages_list: Iterable[List[dict]], output_file: Optional[str] = None,
                                     show_progress: bool = True, return_summary: bool = False,
                                     flush_interval: float = 1.0, metadata_list: Optional[List[dict]] = None,
-                                    model: Optional[str] = None, skip_cache: bool = False,
-                                    **kwargs: Any) -> Union[List[Optional[str]], Tuple[List[Optional[str]], dict]]:
-        """Replies in input order (`None` for a failed item), or `(replies, summary)` with return_summary."""
+                                    model: Optional[str] = None, skip_cache: bool = False, *,
+                                    return_usage: bool = False, params_list: Any = None, redo: Any = None,
+                                    max_cost_usd: Optional[float] = None,
+                                    **kwargs: Any) -> Union[List[Any], Tuple[List[Any], dict]]:
+        """Replies in input order (`None` for a failed item), or `(replies, summary)` with return_summary.
+
+        `return_usage=True` gives `ChatCompletionResult`s (usage, finish_reason, tool_calls, parsed); a
+        Pydantic `response_format` gives model instances, as single calls do. Other keywords: see
+        `iter_chat_completions_batch`.
+        """
         return self._batch(messages_list, output_file, show_progress, return_summary, flush_interval,
-                           metadata_list, model, skip_cache, kwargs)
+                           metadata_list, model, skip_cache,
+                           dict(kwargs, return_usage=return_usage, params_list=params_list, redo=redo,
+                                max_cost_usd=max_cost_usd))
 
     def _batch(self, messages_list: Iterable[List[dict]], output_file: Optional[str], show_progress: bool,
                return_summary: bool, flush_interval: float, metadata_list: Optional[List[dict]],
                model: Optional[str], skip_cache: bool, kwargs: Dict[str, Any],
                stop: Optional[threading.Event] = None) -> Any:
-        from .batch import BatchJob
-
-        job = BatchJob(self._batch_runner(), self._model(model), kwargs, output_file=output_file,
-                       metadata_list=metadata_list, show_progress=show_progress, flush_interval=flush_interval,
-                       skip_cache=skip_cache, stop=stop)
-        results: List[Optional[str]] = []
+        kwargs = dict(kwargs)
+        return_usage = kwargs.pop("return_usage", False)
+        options = {k: kwargs.pop(k, None) for k in ("params_list", "redo", "max_cost_usd")}
+        job = self._batch_job(model, kwargs, output_file, metadata_list, show_progress, flush_interval, skip_cache,
+                              stop=stop, **options)
+        results: List[Any] = []
         for item in job.run(messages_list):
             if item.index >= len(results):
                 results.extend([None] * (item.index + 1 - len(results)))
-            results[item.index] = item.content if item.status != "error" else None
+            results[item.index] = _reply_of(item, return_usage)
         if job.total is not None and len(results) < job.total:
             results.extend([None] * (job.total - len(results)))
         return (results, job.summary()) if return_summary else results

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 try:  # POSIX advisory locks; Windows runs without the overlapping-run guard
     import fcntl
@@ -30,8 +30,12 @@ class OutputFileLockedError(LLMError):
 class Checkpoint:
     """Owns one output file for the duration of a batch. Used from one thread (the batch's consumer)."""
 
-    def __init__(self, path: str, *, flush_interval: float = 1.0, clock=time.monotonic) -> None:
+    def __init__(self, path: str, *, flush_interval: float = 1.0, clock=time.monotonic,
+                 redo: Optional[Callable[[Dict[str, Any]], bool]] = None) -> None:
         self.path = os.path.abspath(os.path.expanduser(path))
+        #: `record -> bool`: finished records to ask again (their new record replaces them at compaction)
+        self.redo = redo
+        self.redone = 0
         self.flush_interval = float(flush_interval)
         self._clock = clock
         self._fd: Optional[int] = None
@@ -102,6 +106,11 @@ class Checkpoint:
                     self.needs_compaction = True
                 seen.add(index)
                 if record.get("status") in DONE_STATUSES:
+                    if self.redo is not None and self.redo(record):
+                        self.done.pop(index, None)
+                        self.failed_before.add(index)
+                        self.redone += 1
+                        continue
                     self.done[index] = record
                     self.failed_before.discard(index)
                 elif index not in self.done:
@@ -111,21 +120,31 @@ class Checkpoint:
         if self.failed_before:
             self.needs_compaction = True
 
-    def validate(self, messages_list: Any, total: int) -> None:
-        """Raise ValueError (before anything is written) if a finished record belongs to other inputs."""
+    def validate(self, messages_list: Any, total: int,
+                 params_of: Optional[Callable[[int], Optional[Dict[str, Any]]]] = None) -> None:
+        """Raise ValueError (before anything is written) if a finished record belongs to other inputs.
+
+        `params_of(index)`: the item's own params as its record stores them (None without params_list).
+        """
         for index in sorted(self.done):
             if index >= total:
                 raise ValueError(f"{self.path} has a finished record for index {index} but there are only "
                                  f"{total} inputs: it was written for other inputs; use another output file")
-            self.check(index, messages_list[index])
+            self.check(index, messages_list[index], params_of(index) if params_of is not None else None)
 
-    def check(self, index: int, messages: Any) -> None:
-        """Raise ValueError if the finished record at `index` was written for other messages."""
+    def check(self, index: int, messages: Any, params: Optional[Dict[str, Any]] = None) -> None:
+        """Raise ValueError if the finished record at `index` was written for other messages or item params."""
         record = self.done.get(index)
-        if record is not None and record.get("input") != messages:
+        if record is None:
+            return
+        if record.get("input") != messages:
             raise ValueError(f"{self.path}: the record for index {index} was written for different input "
                              "messages than the ones given now; the file belongs to another batch "
                              "(use another output_file, or delete it to start over)")
+        if (record.get("params") or None) != (params or None):
+            raise ValueError(f"{self.path}: the record for index {index} was written with params_list entry "
+                             f"{record.get('params')!r}, not {params!r}; the file belongs to another batch (use another "
+                             "output_file)")
 
     # -- append --------------------------------------------------------------------------------------
     def append(self, data: bytes) -> None:

@@ -20,7 +20,7 @@ from .http import Transport
 from .providers.base import ProviderAdapter, RequestSpec, StreamReply
 from .ratelimit import TokenBucket
 from .retry import RetryPolicy, is_retryable
-from .structured import ResponseSchema, prepare
+from .structured import ResponseSchema, fill_parsed, prepare
 from .types import ChatCompletionResult, StreamEvent
 
 if TYPE_CHECKING:
@@ -197,14 +197,9 @@ class Pipeline:
         return Outcome(result, raw, False, attempts, time.perf_counter() - started)
 
     def _parsed(self, result: ChatCompletionResult, schema: ResponseSchema, model: str, quiet: bool = False) -> bool:
-        """Fill `result.parsed` from its content; False (quiet) or ResponseValidationError when it does not fit.
-
-        A turn that only calls tools carries no answer to validate.
-        """
-        if result.tool_calls and not result.content:
-            return True
+        """Fill `result.parsed`; False (quiet) or ResponseValidationError when the reply does not fit."""
         try:
-            result.parsed = schema.parse(result.content, provider=self.adapter.name, model=model)
+            fill_parsed(result, schema, provider=self.adapter.name, model=model)
         except ResponseValidationError:
             if quiet:
                 return False

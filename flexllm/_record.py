@@ -1,8 +1,10 @@
 """The batch output record: the one place that writes and reads a line of an output file.
 
 A record is one JSON object per line, keys in the order of `FIELDS` (compatible with flexllm 0.2 files):
-`{"index", "status", "output", "input", "metadata"?, "usage", "latency", "reasoning_content"?, "error"?,
-"via"?, "batch_id"?}` (the last two in provider-batch mode).
+`{"index", "status", "output", "input", "metadata"?, "usage", "latency", "reasoning_content"?, "finish_reason",
+"tool_calls"?, "parsed"?, "attempts", "params"?, "error"?, "via"?, "batch_id"?}` (`parsed`: the structured
+reply as JSON; `params`: the item's own entry of params_list; the last two in provider-batch mode).
+Files written before a field existed still resume.
 Adding a field is one line in `FIELDS` (plus the attribute on `BatchResultItem`).
 """
 from __future__ import annotations
@@ -29,6 +31,11 @@ FIELDS: Tuple[Tuple[str, Optional[str], bool], ...] = (
     ("usage", "usage", True),
     ("latency", "latency", True),
     ("reasoning_content", "reasoning_content", False),
+    ("finish_reason", "finish_reason", True),
+    ("tool_calls", "tool_calls", False),
+    ("parsed", "parsed", False),
+    ("attempts", "attempts", True),
+    ("params", "params", False),
     ("error", "error", False),
     ("via", "via", False),
     ("batch_id", "batch_id", False),
@@ -53,10 +60,18 @@ def encode(item: BatchResultItem, messages: Any) -> bytes:
 def dumps(record: Dict[str, Any]) -> bytes:
     """A record as one line of UTF-8 JSON; a lone surrogate (not valid Unicode) is kept as a `\\udXXX` escape."""
     try:
-        text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
+        text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=_plain)
         return (text + "\n").encode("utf-8")
     except UnicodeEncodeError:
-        return (json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str) + "\n").encode("ascii")
+        return (json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=_plain) + "\n").encode("ascii")
+
+
+def _plain(value: Any) -> Any:
+    """JSON for what json cannot write itself: a parsed Pydantic model as its data, anything else as text."""
+    dump = getattr(value, "model_dump", None)
+    if callable(dump) and not isinstance(value, type):
+        return dump(mode="json")
+    return str(value)
 
 
 def is_record(obj: Any) -> bool:
@@ -87,6 +102,7 @@ def to_item(record: Dict[str, Any], metadata: Optional[dict] = None) -> BatchRes
     """The `BatchResultItem` of a record read back from the file (a resumed item)."""
     values = {attr: record.get(key) for key, attr, _ in FIELDS if attr is not None}
     values["latency"] = float(values["latency"] or 0.0)
+    values["attempts"] = values["attempts"] if type(values["attempts"]) is int else 0
     if "metadata" not in record:
         values["metadata"] = metadata
     return BatchResultItem(**values, resumed=True)

@@ -16,14 +16,18 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from . import _cancel
+from ._budget import CostBudget, request_cost
 from ._checkpoint import Checkpoint, OutputFileLockedError
 from ._constants import BATCH_WINDOW_PER_WORKER
+from ._items import ItemParams, redo_rule
 from ._logging import get_logger
 from ._messages import check_messages
 from ._pipeline import result_from_cache
 from ._record import encode, to_item
-from .errors import QuotaExceededError
+from .errors import LLMError, QuotaExceededError
+from .pricing import get_model_pricing
 from .progress import BatchProgress
+from .structured import fill_parsed, response_schema
 from .types import BatchResultItem, ChatCompletionResult
 
 __all__ = ["BatchJob", "OutputFileLockedError"]
@@ -38,8 +42,16 @@ class BatchJob:
 
     def __init__(self, runner: Any, model: str, params: Dict[str, Any], *, output_file: Optional[str] = None,
                  metadata_list: Optional[Sequence[dict]] = None, show_progress: bool = True,
-                 flush_interval: float = 1.0, skip_cache: bool = False,
+                 flush_interval: float = 1.0, skip_cache: bool = False, params_list: Any = None,
+                 redo: Any = None, max_cost_usd: Optional[float] = None,
                  stop: Optional[threading.Event] = None) -> None:
+        if redo is not None and not output_file:
+            raise ValueError("redo= needs an output_file: it selects finished records of an earlier run to ask again")
+        self.redo = redo_rule(redo)
+        self.params_list = params_list
+        self.max_cost_usd = max_cost_usd
+        self.budget: Optional[CostBudget] = None
+        self.cost = 0.0
         self.runner = runner
         self.model = model
         self.params = params
@@ -72,12 +84,18 @@ class BatchJob:
             if self.total is not None and len(meta) != self.total:
                 raise ValueError(f"metadata_list has {len(meta)} entries but messages_list has {self.total}; "
                                  "they must be the same length")
+        self.items = ItemParams(self.model, self.params, self.params_list, self.total)
+        if self.max_cost_usd is not None:
+            self.budget = CostBudget(self.max_cost_usd, {self._priced(m) for m in self.items.models})
         checkpoint = None
         if self.output_file:
-            checkpoint = Checkpoint(self.output_file, flush_interval=self.flush_interval).open()
+            checkpoint = Checkpoint(self.output_file, flush_interval=self.flush_interval, redo=self.redo).open()
             try:
                 if self.total is not None and hasattr(messages_list, "__getitem__"):
-                    checkpoint.validate(messages_list, self.total)
+                    entries = self.params_list if self.items.given and hasattr(self.params_list, "__getitem__") \
+                        else None
+                    checkpoint.validate(messages_list, self.total,
+                                        (lambda i: self.items.plain(entries[i])) if entries is not None else None)
             except BaseException:
                 checkpoint.close()
                 raise
@@ -85,12 +103,9 @@ class BatchJob:
 
     def summary(self) -> Dict[str, Any]:
         """Counts, throughput, tokens, estimated cost, retries and errors by type of this run."""
-        from .pricing import get_model_pricing
-
         live = self.counts["success"] + self.counts["failed"]
         prompt, completion = self.tokens["prompt_tokens"], self.tokens["completion_tokens"]
-        price = get_model_pricing(self.model or getattr(self.runner, "model", "") or "")
-        cost = prompt * price["input"] + completion * price["output"] if price else 0.0  # unknown model: 0.0
+        cost = self.cost  # each item at its own model's price; an unknown model counts 0.0
         out = {
             "total": self.total if self.total is not None else sum(self.counts.values()),
             "success": self.counts["success"],
@@ -102,7 +117,7 @@ class BatchJob:
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": self.tokens["total_tokens"],
-            "estimated_cost_usd": round(cost, 6),
+            "estimated_cost_usd": round(cost, 9),
             "retries": self.retries,
             "errors": dict(self.errors),
         }
@@ -115,7 +130,8 @@ class BatchJob:
         started = time.perf_counter()
         workers = max(1, int(self.runner.concurrency_limit))
         window = workers * BATCH_WINDOW_PER_WORKER
-        progress = BatchProgress(self.total, enabled=self.show_progress)
+        progress = BatchProgress(self.total, enabled=self.show_progress,
+                                 show_cost=self.budget is not None or get_model_pricing(self._priced(self.model)) is not None)
         done_q: "queue.SimpleQueue[Future]" = queue.SimpleQueue()
         executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flexllm-batch",
                                       initializer=_cancel.bind, initargs=(self._scope,))
@@ -126,7 +142,7 @@ class BatchJob:
             # read ahead only when a cache can answer many items in one lookup; otherwise take items one
             # by one, so a slow input (a generator on a pipe) never holds back what has already arrived
             lookahead = _LOOKAHEAD if not self.skip_cache and self.runner.cache is not None else 1
-            for chunk in _chunks(enumerate(messages_list), lookahead):
+            for chunk in _chunks(self.items.pair(messages_list), lookahead):
                 for item, messages in self._prepare(chunk, checkpoint):
                     if item is not None:
                         with self._lock:
@@ -185,52 +201,80 @@ class BatchJob:
             if abort is not None:
                 abort()  # fail the rest now instead of waiting up to their timeout
 
-    def _prepare(self, chunk: List[Tuple[int, Any]],
+    def _prepare(self, chunk: List[Tuple[int, Any, Optional[dict]]],
                  checkpoint: Optional[Checkpoint]) -> Iterator[Tuple[Optional[BatchResultItem], Any]]:
         """`(item, messages)` for items already finished (resumed, invalid, cached), `(None, work)` for the rest."""
-        todo: List[Tuple[int, Any, Optional[dict]]] = []
-        for index, messages in chunk:
+        todo: List[Tuple[int, Any, Optional[dict], str, Dict[str, Any], Optional[dict]]] = []
+        for index, messages, own in chunk:
             meta = self._metadata(index)
             if checkpoint is not None and index in checkpoint.done:
-                checkpoint.check(index, messages)
-                yield to_item(checkpoint.done[index], meta), messages
+                plain = self.items.plain(own)
+                checkpoint.check(index, messages, plain)
+                yield self._resumed(checkpoint.done[index], meta, own), messages
                 continue
             try:
                 check_messages(messages)
+                model, params = self.items.effective(own)
+                plain = self.items.plain(own)
             except ValueError as exc:  # this item fails alone; the batch goes on
                 with self._lock:
                     self.errors["ValueError"] += 1
                 yield BatchResultItem(index, None, None, "error", f"ValueError: item {index}: {exc}", 0.0,
                                       meta), messages
                 continue
-            todo.append((index, messages, meta))
+            todo.append((index, messages, meta, model, params, plain))
         hits: List[Optional[dict]] = [None] * len(todo)
         if todo and not self.skip_cache:
-            hits = self.runner.cached_many([(m, self.model, self.params) for _, m, _ in todo])
-        for (index, messages, meta), hit in zip(todo, hits):
-            if hit is not None:
-                r = result_from_cache(hit)
-                yield BatchResultItem(index, r.text, r.usage, "cached", None, 0.0, meta,
-                                      r.reasoning_content), messages
+            hits = self.runner.cached_many([(t[1], t[3], t[4]) for t in todo])
+        for work, hit in zip(todo, hits):
+            index, messages, meta, model, params, plain = work
+            result = _valid_hit(hit, params, model) if hit is not None else None
+            if result is not None:
+                yield _item(index, result, "cached", 0.0, meta, 0, plain), messages
             else:
-                yield None, (index, messages, meta)
+                yield None, work
 
-    def _work(self, index: int, messages: List[dict], meta: Optional[dict], checkpoint: Optional[Checkpoint],
+    def _resumed(self, record: Dict[str, Any], meta: Optional[dict], own: Optional[dict]) -> BatchResultItem:
+        item = to_item(record, meta)
+        if item.parsed is not None:  # a Pydantic response_format gets its instance back
+            schema = response_schema(self.items.effective(own)[1].get("response_format"))
+            if schema is not None and schema.model is not None:
+                try:
+                    item.parsed = schema.model.model_validate(item.parsed)
+                except ValueError:
+                    pass  # the model changed since: the record's JSON stays as it is
+        return item
+
+    def _work(self, index: int, messages: List[dict], meta: Optional[dict], model: str, params: Dict[str, Any],
+              plain: Optional[dict], checkpoint: Optional[Checkpoint],
               progress: BatchProgress) -> Optional[BatchResultItem]:
         """Run one item on a worker thread and record it there at once (file, counters, progress)."""
         if self._stop.is_set():
             return None
+        budget, hold = self.budget, None
+        if budget is not None:
+            hold = budget.reserve(messages, self._priced(model), params)
+            if hold is None:
+                self._stop_for_budget()
+                return None
+            if self._stop.is_set():  # the batch stopped while this one waited for the first reply
+                budget.settle(hold, 0.0)
+                return None
         started = time.perf_counter()
         try:
-            outcome = self.runner.complete(messages, self.model, self.params, skip_cache=self.skip_cache,
-                                           read_cache=False)
+            outcome = self.runner.complete(messages, model, params, skip_cache=self.skip_cache, read_cache=False)
         except _cancel.Interrupted:  # the batch stopped while this item waited to retry: not finished
+            if hold is not None:
+                budget.settle(hold, 0.0)
             return None
         except Exception as exc:  # recorded as this item's error; the batch goes on
+            if hold is not None:
+                budget.settle(hold, 0.0)
+            attempts = getattr(exc, "attempts", 1)
             item = BatchResultItem(index, None, None, "error", f"{type(exc).__name__}: {exc}",
-                                   time.perf_counter() - started, meta)
+                                   time.perf_counter() - started, meta, attempts=attempts, params=plain)
             with self._lock:
-                self.retries += max(0, getattr(exc, "attempts", 1) - 1)
+                self.retries += max(0, attempts - 1)
                 self.errors[type(exc).__name__] += 1
                 if isinstance(exc, QuotaExceededError) and not self._stop.is_set():
                     self.stopped_reason = f"quota exhausted: {exc}"
@@ -240,12 +284,29 @@ class BatchJob:
                 self._record(item, checkpoint, progress, messages)
             return item
         r: ChatCompletionResult = outcome.result
-        item = BatchResultItem(index, r.text, r.usage, "cached" if outcome.cached else "success", None,
-                               outcome.latency, meta, r.reasoning_content)
+        cost = 0.0 if outcome.cached else request_cost(r.usage, self._priced(model))
+        if hold is not None:
+            budget.settle(hold, cost, r.usage)
+        item = _item(index, r, "cached" if outcome.cached else "success", outcome.latency, meta, outcome.attempts,
+                     plain)
         with self._lock:
             self.retries += max(0, outcome.attempts - 1)
-            self._record(item, checkpoint, progress, messages)
+            self._record(item, checkpoint, progress, messages, cost)
         return item
+
+    def _stop_for_budget(self) -> None:
+        with self._lock:
+            if self._stop.is_set():
+                return
+            self.stopped_reason = "budget"
+            self._stop.set()
+        logger.warning("stopping the batch: max_cost_usd=%s would be passed (spent $%.4f); finished results are "
+                       "kept, rerun with a higher cap to resume", self.budget.cap if self.budget else None,
+                       self.budget.spent if self.budget else 0.0)
+
+    def _priced(self, model: str) -> str:
+        """The model name prices are looked up by (a pool's items run on its endpoints' model)."""
+        return model or getattr(self.runner, "model", None) or ""
 
     def _finish(self, future: Future, pending: set) -> Iterator[BatchResultItem]:
         """Hand a finished item to the consumer (it was recorded by its worker already)."""
@@ -259,12 +320,13 @@ class BatchJob:
             yield item
 
     def _record(self, item: BatchResultItem, checkpoint: Optional[Checkpoint], progress: BatchProgress,
-                messages: Any = None) -> None:
+                messages: Any = None, cost: float = 0.0) -> None:
         """Count, write and show one finished item. Callers hold `self._lock`."""
         if self._closed:
             return  # a straggler finishing after the batch ended: nothing is written any more
         status = "resumed" if item.resumed else ("failed" if item.status == "error" else item.status)
         self.counts[status] += 1
+        self.cost += cost
         if item.status == "success" and item.usage and not item.resumed:  # tokens paid in this run only
             for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
                 value = item.usage.get(key)
@@ -273,7 +335,7 @@ class BatchJob:
         if checkpoint is not None and not item.resumed:
             checkpoint.append(encode(item, messages))
         tokens = (item.usage or {}).get("total_tokens") or 0
-        progress.advance(item.status, tokens if isinstance(tokens, int) else 0, item.resumed)
+        progress.advance(item.status, tokens if isinstance(tokens, int) else 0, item.resumed, cost)
 
     def _metadata(self, index: int) -> Optional[dict]:
         if self.metadata_list is None:
@@ -282,6 +344,25 @@ class BatchJob:
             return self.metadata_list[index]
         except IndexError:
             raise ValueError(f"metadata_list has no entry for item {index}: it must match messages_list") from None
+
+
+def _item(index: int, r: ChatCompletionResult, status: str, latency: float, meta: Optional[dict], attempts: int,
+          params: Optional[dict]) -> BatchResultItem:
+    return BatchResultItem(index, r.text, r.usage, status, None, latency, meta, r.reasoning_content,
+                           finish_reason=r.finish_reason, tool_calls=r.tool_calls, parsed=r.parsed, attempts=attempts,
+                           params=params)
+
+
+def _valid_hit(entry: dict, params: Dict[str, Any], model: str) -> Optional[ChatCompletionResult]:
+    """A cache entry as a result, parsed against the item's schema; None when it does not fit (ask again)."""
+    result = result_from_cache(entry)
+    schema = response_schema(params.get("response_format")) if "response_format" in params else None
+    if schema is not None:
+        try:
+            fill_parsed(result, schema, model=model)
+        except LLMError:
+            return None
+    return result
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[List[Any]]:

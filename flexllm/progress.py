@@ -20,7 +20,7 @@ class BatchProgress:
 
     def __init__(self, total: Optional[int], *, enabled: bool = True, description: str = "batch",
                  clock: Callable[[], float] = time.monotonic, log_interval: float = PROGRESS_LOG_INTERVAL,
-                 force_terminal: Optional[bool] = None) -> None:
+                 force_terminal: Optional[bool] = None, show_cost: bool = False) -> None:
         self.total = total
         self.enabled = enabled
         self._clock = clock
@@ -28,6 +28,9 @@ class BatchProgress:
         self._start = clock()
         self._last_log = self._start
         self.done = self.cached = self.failed = self.tokens = 0
+        #: USD spent so far (shown when `show_cost`: the model's price is known)
+        self.cost = 0.0
+        self.show_cost = show_cost
         self._progress = None
         self._task = None
         if not enabled:
@@ -42,17 +45,19 @@ class BatchProgress:
                 TextColumn("[bold]{task.description}"), BarColumn(bar_width=None), MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]:>6.1f}/s"), TextColumn("ETA"), TimeRemainingColumn(compact=True),
                 TextColumn("[cyan]cached {task.fields[cached]}[/] [red]failed {task.fields[failed]}[/] "
-                           "tok {task.fields[tokens]}"),
+                           "tok {task.fields[tokens]}" + (" ${task.fields[cost]:.4f}" if show_cost else "")),
                 console=console, transient=False, refresh_per_second=8, expand=True)
-            self._task = self._progress.add_task(description, total=total, rate=0.0, cached=0, failed=0, tokens=0)
+            self._task = self._progress.add_task(description, total=total, rate=0.0, cached=0, failed=0, tokens=0,
+                                                 cost=0.0)
             self._progress.start()
 
-    def advance(self, status: str, tokens: int = 0, resumed: bool = False) -> None:
-        """Count one finished item."""
+    def advance(self, status: str, tokens: int = 0, resumed: bool = False, cost: float = 0.0) -> None:
+        """Count one finished item (and what it cost)."""
         if not self.enabled:
             return
         self.done += 1
         self.tokens += tokens
+        self.cost += cost
         if status == "cached":
             self.cached += 1
         elif status == "error":
@@ -61,7 +66,7 @@ class BatchProgress:
         rate = self.done / max(now - self._start, 1e-9)
         if self._progress is not None:
             self._progress.update(self._task, advance=1, rate=rate, cached=self.cached, failed=self.failed,
-                                  tokens=self.tokens)
+                                  tokens=self.tokens, cost=self.cost)
         elif now - self._last_log >= self._log_interval:
             self._last_log = now
             self.log_line(rate)
@@ -69,8 +74,9 @@ class BatchProgress:
     def log_line(self, rate: float) -> None:
         """One progress line through logging (for cron jobs and CI logs)."""
         of = f"/{self.total}" if self.total is not None else ""
-        logger.info("batch progress: %d%s done, %.1f/s, cached %d, failed %d, tokens %d",
-                    self.done, of, rate, self.cached, self.failed, self.tokens)
+        logger.info("batch progress: %d%s done, %.1f/s, cached %d, failed %d, tokens %d%s",
+                    self.done, of, rate, self.cached, self.failed, self.tokens,
+                    f", cost ${self.cost:.4f}" if self.show_cost else "")
 
     def close(self) -> None:
         """Stop drawing (the last state stays on screen)."""

@@ -18,8 +18,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from ._hashing import canonical_json
 from .errors import ResponseValidationError
 
-__all__ = ["DEFAULT_VALIDATION_RETRIES", "ResponseSchema", "is_model_instance", "json_schema_of", "prepare",
-           "response_schema", "to_json"]
+__all__ = ["DEFAULT_VALIDATION_RETRIES", "ResponseSchema", "fill_parsed", "is_model_instance", "json_schema_of",
+           "prepare", "response_schema", "to_json"]
 
 DEFAULT_VALIDATION_RETRIES = 2
 #: response_format types that are not a schema: sent as given, never validated
@@ -106,6 +106,17 @@ def prepare(params: Dict[str, Any]) -> Tuple[Dict[str, Any], Optional[ResponseSc
     if schema is None:
         return params, None, retries
     return {**params, "response_format": schema.wire}, schema, retries
+
+
+def fill_parsed(result: Any, schema: ResponseSchema, *, provider: Optional[str] = None,
+                model: Optional[str] = None) -> None:
+    """Set `result.parsed` from `result.content`; ResponseValidationError when it does not fit.
+
+    A turn that only calls tools carries no answer to validate and is left as it is.
+    """
+    if result.tool_calls and not result.content:
+        return
+    result.parsed = schema.parse(result.content, provider=provider, model=model)
 
 
 def json_schema_of(response_format: Any) -> Optional[Tuple[str, Dict[str, Any]]]:

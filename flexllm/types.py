@@ -52,6 +52,8 @@ class BatchResultItem:
     parsed: Any = None
     #: HTTP requests this item took (retries and structured-output re-asks included; 0 from the cache)
     attempts: int = 0
+    #: the item's own entry of `params_list` (None when it has none)
+    params: Optional[dict] = None
     #: how a provider-batch run obtained it: "provider-batch" (the provider's batch API) or "live" (fallback)
     via: Optional[str] = None
     #: the provider batch that answered it (provider-batch mode)

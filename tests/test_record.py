@@ -11,7 +11,7 @@ def test_key_order_and_round_trip():
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     record = json.loads(line)
     assert list(record) == ["index", "status", "output", "input", "metadata", "usage", "latency",
-                            "reasoning_content"]
+                            "reasoning_content", "finish_reason", "attempts"]
     assert "é".encode() in line  # readable UTF-8, not \\u escapes
     back = to_item(decode(line))
     assert back.resumed and (back.index, back.content, back.metadata, back.latency) == (3, "hi", {"id": 3}, 0.1235)

@@ -102,6 +102,16 @@ def reply(turn: Turn) -> Dict[str, Any]:
                   turn.directives.get("block"), turn.calls)
 
 
+#: finishReason of a reply cut at the token limit
+CUT_OFF = "MAX_TOKENS"
+
+
+def token_limit(body: Dict[str, Any]) -> Optional[int]:
+    """generationConfig.maxOutputTokens, or None."""
+    value = (body.get("generationConfig") or {}).get("maxOutputTokens")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def requested_schema(body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     """The JSON schema in generationConfig (`responseJsonSchema` or `responseSchema`), or None."""
     config = body.get("generationConfig") or {}

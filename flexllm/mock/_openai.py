@@ -93,6 +93,16 @@ def reply(turn: Turn) -> Dict[str, Any]:
     return out
 
 
+#: finish_reason of a reply cut at the token limit
+CUT_OFF = "length"
+
+
+def token_limit(body: Dict[str, Any]) -> Optional[int]:
+    """The reply's token limit (`max_completion_tokens` or `max_tokens`), or None."""
+    value = body.get("max_completion_tokens", body.get("max_tokens"))
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def requested_schema(body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     """The JSON schema of a `response_format` json_schema request, or None."""
     fmt = body.get("response_format")

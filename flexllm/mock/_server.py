@@ -238,6 +238,10 @@ class _Handler(BaseHTTPRequestHandler):
         rec.fault = "truncate" if turn.truncate else None
         if "invalid_json" in d and rec.attempt <= int(d["invalid_json"]):
             turn.answer, rec.fault = _schema.broken_json(turn.answer), "invalid_json"
+        limit = dialect.token_limit(body) if hasattr(dialect, "token_limit") else None
+        if limit is not None and "finish" not in d and len(turn.answer.split()) > limit:
+            turn.answer = " ".join(turn.answer.split()[:limit])  # a reply cut at max_tokens, as a model's is
+            d["finish"] = dialect.CUT_OFF
         if dialect.is_stream(path, body):
             return self._send_sse(dialect.stream(turn))
         self._send_json(200, dialect.reply(turn))
