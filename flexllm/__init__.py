@@ -29,7 +29,7 @@ from .pool import LLMClientPool
 from .pricing import MODEL_PRICING, estimate_batch_cost, estimate_cost
 from .router import ProviderConfig, ProviderRouter, create_router_from_urls
 from .tokens import count_messages_tokens, count_tokens
-from .types import BatchResultItem, ChatCompletionResult
+from .types import BatchResultItem, ChatCompletionResult, StreamEvent
 
 __version__ = "0.3.0"
 
@@ -60,6 +60,7 @@ __all__ = [
     "ResponseParseError",
     "ResponseValidationError",
     "ServerError",
+    "StreamEvent",
     "StreamTruncatedError",
     "count_messages_tokens",
     "count_tokens",

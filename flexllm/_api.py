@@ -106,10 +106,21 @@ class ClientAPI:
                                    return_usage, skip_cache, **kwargs)
 
     def chat_completions_stream_sync(self, messages: List[dict], model: Optional[str] = None,
-                                     skip_cache: bool = False, **kwargs: Any) -> Iterator[str]:
-        """The reply's text as it arrives. Retries happen only before the first piece is yielded."""
+                                     skip_cache: bool = False, events: bool = False,
+                                     **kwargs: Any) -> Iterator[Union[str, StreamEvent]]:
+        """The reply's text pieces as they arrive; retries happen only before the first piece is yielded.
+
+        `events=True` yields `StreamEvent`s instead (content, reasoning, tool_calls deltas, usage,
+        finish_reason) and, after a complete reply, one last event with `done=True` whose `result` is the
+        whole reply — what a view relaying server-sent events needs to show thinking, tool calls, usage
+        and the finish reason.
+        """
+        stream = self._stream(check_messages(messages), self._model(model), kwargs, skip_cache=skip_cache)
+        if events:
+            yield from stream
+            return
         text = False
-        for event in self._stream(check_messages(messages), self._model(model), kwargs, skip_cache=skip_cache):
+        for event in stream:
             if event.content:
                 text = True
                 yield event.content
@@ -117,10 +128,12 @@ class ClientAPI:
                 yield event.result.text  # a reply that only calls tools: its calls as JSON, never nothing
 
     async def chat_completions_stream(self, messages: List[dict], model: Optional[str] = None,
-                                      skip_cache: bool = False, **kwargs: Any) -> AsyncIterator[str]:
-        """Async twin of `chat_completions_stream_sync`."""
+                                      skip_cache: bool = False, events: bool = False,
+                                      **kwargs: Any) -> AsyncIterator[Union[str, StreamEvent]]:
+        """Async twin of `chat_completions_stream_sync` (text pieces, or `StreamEvent`s with events=True)."""
         async for piece in aiter_in_thread(
-                self._pool(), lambda: self.chat_completions_stream_sync(messages, model, skip_cache, **kwargs)):
+                self._pool(), lambda: self.chat_completions_stream_sync(messages, model, skip_cache, events,
+                                                                        **kwargs)):
             yield piece
 
     # -- batches -------------------------------------------------------------------------------------

@@ -62,7 +62,14 @@ class BatchResultItem:
 
 @dataclass
 class StreamEvent:
-    """What one line of a provider's stream carried (adapters return these; clients consume them)."""
+    """One piece of a streamed reply, the same for every provider (`chat_completions_stream_sync(..., events=True)`).
+
+    `content` / `reasoning`: text and thinking deltas; `tool_calls`: tool-call deltas in OpenAI's
+    streaming shape (the first delta of a call has its `id` and `function.name`, later ones add
+    `function.arguments` pieces; join them by `index`); `usage`: token counts so far (OpenAI-shaped);
+    `finish_reason`: OpenAI's vocabulary ("stop", "length", "tool_calls", …); `done`: True on the
+    last event of a reply that arrived complete (a cut stream raises `StreamTruncatedError` instead).
+    """
 
     content: str = ""
     reasoning: str = ""

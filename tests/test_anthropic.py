@@ -228,21 +228,21 @@ def test_parameters_map_and_foreign_ones_are_named(server):
 def test_stop_reasons_map_to_openai_finish_reasons(server, stop, finish):
     r = claude(server).chat_completions_sync(user(f"[[mock:finish={stop}]] s"), return_usage=True)
     assert r.finish_reason == finish
-    events = list(claude(server).chat_completions_stream_sync(user(f"[[mock:finish={stop}]] s"), events=True)) \
-        if _has_events() else []
-    assert not events or [e.finish_reason for e in events if e.finish_reason] == [finish]
-
-
-def _has_events():
-    import inspect
-
-    return "events" in inspect.signature(ClaudeClient.chat_completions_stream_sync).parameters
+    events = list(claude(server).chat_completions_stream_sync(user(f"[[mock:finish={stop}]] s"), events=True))
+    assert [e.finish_reason for e in events if e.finish_reason] == [finish]
 
 
 def test_refusal_is_content_blocked(server):
     with pytest.raises(ContentBlockedError, match="refus"):
         claude(server).chat_completions_sync(user("[[mock:block=1]] no"))
     assert len(server.requests) == 1
+
+
+def test_streamed_usage_counts_input_and_cache_tokens(server):
+    events = list(claude(server).chat_completions_stream_sync(user("[[mock:cache_read=50]] a b"), events=True))
+    usage = [e.usage for e in events if e.usage][-1]
+    assert usage["cache_read_input_tokens"] == 50 and usage["prompt_tokens"] > 50
+    assert usage["completion_tokens"] == 3 and usage["total_tokens"] == usage["prompt_tokens"] + 3
 
 
 def test_usage_counts_cache_reads_and_writes(server):
