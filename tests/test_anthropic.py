@@ -235,7 +235,9 @@ def test_stop_reasons_map_to_openai_finish_reasons(server, stop, finish):
 def test_refusal_is_content_blocked(server):
     with pytest.raises(ContentBlockedError, match="refus"):
         claude(server).chat_completions_sync(user("[[mock:block=1]] no"))
-    assert len(server.requests) == 1
+    with pytest.raises(ContentBlockedError, match="refus"):
+        list(claude(server).chat_completions_stream_sync(user("[[mock:block=1]] no")))
+    assert len(server.requests) == 2
 
 
 def test_streamed_usage_counts_input_and_cache_tokens(server):

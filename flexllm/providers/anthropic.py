@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from ..errors import APIStatusError, ContentBlockedError, QuotaExceededError, ResponseParseError, status_error_class
 from ..types import ChatCompletionResult, StreamEvent
 from ._anthropic_request import content_blocks, output_format, to_messages, tool_choice, tools
-from .base import LIBRARY_KWARGS, ProviderAdapter, RequestSpec
+from .base import LIBRARY_KWARGS, ProviderAdapter, RequestSpec, StreamReply, check_headers, clean_secret
 from .registry import Provider, register
 
 __all__ = ["DEFAULT_MAX_TOKENS", "THINKING_BUDGETS", "AnthropicAdapter", "split_claude_thoughts", "to_messages",
@@ -181,11 +181,12 @@ class AnthropicAdapter(ProviderAdapter):
             self._url = base
         else:
             self._url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
-        self._api_key = (api_key or "").strip()
+        self._api_key = clean_secret(api_key)
+        self._secrets = (self._api_key,) if self._api_key else ()
         headers = {"Content-Type": "application/json", "Accept": "application/json", "anthropic-version": api_version}
         if self._api_key:
             headers["x-api-key"] = self._api_key
-        headers.update(default_headers or {})
+        headers.update(check_headers(default_headers, "default_headers"))
         self._headers = headers
         self._stream_headers = dict(headers, Accept="text/event-stream")
 
@@ -236,7 +237,7 @@ class AnthropicAdapter(ProviderAdapter):
         headers = self._stream_headers if stream else self._headers
         beta = params.get("anthropic_beta")
         if beta or params.get("extra_headers"):
-            headers = dict(headers, **(params.get("extra_headers") or {}))
+            headers = dict(headers, **check_headers(params.get("extra_headers"), "extra_headers"))
             if beta:
                 headers["anthropic-beta"] = beta if isinstance(beta, str) else ",".join(beta)
         return RequestSpec("POST", self._url, headers, body, params.get("timeout"))
@@ -256,6 +257,13 @@ class AnthropicAdapter(ProviderAdapter):
                                     tool_calls=calls or None,
                                     finish_reason=STOP_REASONS.get(reason, reason) if reason else None)
 
+    def stream_result(self, reply: StreamReply, *, model: str) -> ChatCompletionResult:
+        result = reply.result()
+        if result.finish_reason == "content_filter" and not result.content and not result.tool_calls:
+            raise ContentBlockedError("Claude refused to answer (stop_reason: refusal)", reason="refusal",
+                                      provider=self.name, model=model)  # as parse_response does
+        return result
+
     def stream_parser(self, model: str) -> "_StreamParser":
         return _StreamParser(self, model)
 
@@ -270,8 +278,8 @@ class AnthropicAdapter(ProviderAdapter):
         cls = status_error_class(status_code)
         if "credit balance" in message.lower() or code == "billing_error":
             cls = QuotaExceededError  # no retry can help: stop a batch early
-        return cls(self.redact(message or "(empty body)"), status_code=status_code, body=body, headers=headers,
-                   code=code, provider=self.name, model=model)
+        return self.status_error(cls, message, status_code=status_code, body=body, headers=headers, model=model,
+                                 code=code)
 
     def cache_params(self, params: Dict[str, Any]) -> Dict[str, Any]:
         out = {k: v for k, v in params.items()
@@ -280,11 +288,6 @@ class AnthropicAdapter(ProviderAdapter):
         if thinking is not None:
             out["thinking"] = thinking
         return out
-
-    def redact(self, text: str) -> str:
-        if self._api_key and len(self._api_key) >= 4 and self._api_key in text:
-            return text.replace(self._api_key, "***")
-        return text
 
 
 def _make_adapter(*, base_url: Optional[str], api_key: Optional[str], model: Optional[str] = None, thinking: Any = None,
