@@ -19,6 +19,7 @@ from .providers import names as provider_names
 
 __all__ = ["main"]
 
+THINKING = ("true", "false", "minimal", "low", "medium", "high")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PENDING = 0, 1, 2, 130, 75
 
 
@@ -48,6 +49,7 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=float, help="sampling temperature")
     g.add_argument("--max-tokens", type=int, help="maximum tokens in each reply")
     g.add_argument("--system", help="system message for prompt lines / the question")
+    g.add_argument("--thinking", choices=THINKING, help="reasoning: true, false, or a level (default: the model's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --wait: seconds between status checks (default 30)")
     if not any("--dry-run" in a.option_strings for a in b._actions):
         b.add_argument("--dry-run", action="store_true", help="count tokens and show the estimated cost; send nothing")
+    k = b.add_argument_group("what to ask for and keep")
+    k.add_argument("--schema", metavar="FILE.json", help="JSON Schema every reply must match (validated; an invalid "
+                                                         "reply is asked again up to 2 times, then the item fails)")
+    k.add_argument("--max-cost", type=float, metavar="USD", help="stop starting requests before this run's spend "
+                                                                 "would pass USD (exit 1; rerun with more to resume)")
+    k.add_argument("--redo", choices=("length", "error", "all"), help="on a rerun, also ask again the finished items "
+                   "cut off at --max-tokens (length) or all of them (failed ones always are)")
+    k.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
+                   help="csv: also write OUTPUT as CSV for spreadsheets (-o x.csv keeps the checkpoint in x.jsonl)")
 
     a = sub.add_parser("ask", help="stream the answer to one question to stdout")
     a.add_argument("question", nargs="?", help="the question (read from stdin when omitted)")
@@ -130,6 +141,8 @@ def read_jsonl(path: str, system: Optional[str], limit: Optional[int]) -> Tuple[
                 raise UsageError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict):
                 raise UsageError(f"{path}:{lineno}: each line must be a JSON object")
+            if "params" in row and not isinstance(row["params"], dict):
+                raise UsageError(f"{path}:{lineno}: \"params\" must be a JSON object of request parameters")
             if "messages" in row:
                 messages = row.pop("messages")
                 if not isinstance(messages, list) or not messages or \
@@ -182,7 +195,32 @@ def _params(args: argparse.Namespace) -> Dict[str, Any]:
         params["temperature"] = args.temperature
     if args.max_tokens is not None:
         params["max_tokens"] = args.max_tokens
+    if args.thinking is not None:
+        params["thinking"] = {"true": True, "false": False}.get(args.thinking, args.thinking)
     return params
+
+
+def _schema(path: Optional[str]) -> Dict[str, Any]:
+    """`{"response_format": schema}` from a --schema file ({} without one); UsageError when unreadable."""
+    if not path:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            schema = json.load(f)
+    except OSError as exc:
+        raise UsageError(f"cannot read --schema {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(f"--schema {path} is not valid JSON: {exc}") from None
+    if not isinstance(schema, dict):
+        raise UsageError(f"--schema {path} must hold a JSON object (a JSON Schema)")
+    return {"response_format": schema}
+
+
+def _item_params(metadata: List[dict]) -> Optional[List[Optional[dict]]]:
+    """Each input line's own `params` object, taken out of its metadata (None when no line has one)."""
+    if not any("params" in row for row in metadata):
+        return None
+    return [row.pop("params", None) for row in metadata]
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -199,8 +237,13 @@ def _setup_logging(quiet: bool) -> None:
 def cmd_batch(args: argparse.Namespace) -> int:
     from . import ResponseCacheConfig
 
+    from ._export import csv_path_for, write_csv
+
     _setup_logging(args.quiet)
+    checkpoint, csv_out = csv_path_for(args.output) if args.format == "csv" else (args.output, None)
     messages_list, metadata = read_jsonl(args.input, args.system, args.limit)
+    params_list = _item_params(metadata)
+    params = dict(_params(args), **_schema(args.schema))
     cache = None
     if args.cache or args.cache_dir or args.cache_ttl is not None:
         options: Dict[str, Any] = {"enabled": True}
@@ -211,25 +254,49 @@ def cmd_batch(args: argparse.Namespace) -> int:
         cache = ResponseCacheConfig(**options)
     client = _client(args, concurrency_limit=args.concurrency, max_qps=args.qps, cache=cache)
     if args.provider_batch:
+        unsupported = [flag for flag, given in (("--schema", args.schema), ("--max-cost", args.max_cost),
+                                                ("--redo", args.redo), ("a \"params\" input line", params_list),
+                                                ("--format csv", csv_out)) if given]
+        if unsupported:
+            client.close()
+            raise UsageError(f"--provider-batch does not take {', '.join(unsupported)} (live batches do)")
         return _provider_batch(args, client, messages_list, metadata)
     if getattr(args, "dry_run", False):
-        from .pricing import estimate_batch_cost
-
-        est = estimate_batch_cost(messages_list, model=client.model or "")
-        print(f"dry run: {est['count']} items, {est['input_tokens']} input tokens, estimated input cost "
-              f"${est['input_cost']:.6f} (live); nothing sent", file=sys.stderr)
         client.close()
+        print(_dry_run(messages_list, client.model or "", args.max_tokens), file=sys.stderr)
         return EXIT_OK
     summary, code = _guarded(client, lambda: client.chat_completions_batch_sync(
-        messages_list, output_file=args.output, show_progress=not args.no_progress, return_summary=True,
-        metadata_list=metadata, **_params(args))[1], f"results so far are in {args.output}. "
-        "Rerun the same command to resume.")
+        messages_list, output_file=checkpoint, show_progress=not args.no_progress, return_summary=True,
+        metadata_list=metadata, params_list=params_list, redo=args.redo, max_cost_usd=args.max_cost,
+        **params)[1], f"results so far are in {checkpoint}. Rerun the same command to resume.")
     if summary is None:
         return code
-    _print_summary(summary, args.output)
+    _print_summary(summary, checkpoint)
+    if csv_out:
+        print(f"csv: {csv_out} ({write_csv(checkpoint, csv_out)} rows)", file=sys.stderr)
+    if summary.get("stopped_reason") == "budget":
+        print(f"flexllm: stopped at the cost cap: ${summary['estimated_cost_usd']:.6f} spent of --max-cost "
+              f"{args.max_cost}; results so far are in {checkpoint}, rerun with a higher --max-cost to continue",
+              file=sys.stderr)
     if summary["failed"] or summary.get("stopped_reason"):
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _dry_run(messages_list: List[List[dict]], model: str, max_tokens: Optional[int]) -> str:
+    """One line: items, input tokens and the estimated cost of a live batch (nothing is sent)."""
+    from .pricing import estimate_batch_cost, get_model_pricing
+
+    est = estimate_batch_cost(messages_list, model=model, avg_output_tokens=max_tokens or 0)
+    line = f"dry run: {est['count']} items, {est['input_tokens']} input tokens"
+    if get_model_pricing(model) is None:
+        return line + f", cost unknown (no price for model {model!r}; see `flexllm pricing`); nothing sent"
+    line += f", estimated cost ${est['estimated_cost_usd']:.6f} (input ${est['input_cost']:.6f}"
+    if max_tokens:
+        line += f" + output ${est['output_cost']:.6f} at most, {max_tokens} reply tokens each)"
+    else:
+        line += " + replies: pass --max-tokens to bound them)"
+    return line + "; nothing sent"
 
 
 def _guarded(client: Any, run: Any, interrupted: str) -> Tuple[Optional[Dict[str, Any]], int]:
