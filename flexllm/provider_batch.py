@@ -166,12 +166,13 @@ class ProviderBatchJob:
     def _collect(self, b: LedgerBatch, state: BatchState, download: bool = True) -> None:
         indexes = sorted(b.index_set())
         ids = [custom_id(i, self.messages[i]) if i < len(self.messages) else "" for i in indexes]
+        members = set(indexes)
         succeeded = errored = 0
         answered: set = set()
         results = self.api.results(b.batch_id, state, ids) if download else ()  # type: ignore[arg-type]
         for item in results:
             index_text, _, digest = item.custom_id.partition("-")
-            if not index_text.isdigit() or int(index_text) not in b.index_set():
+            if not index_text.isdigit() or int(index_text) not in members:
                 logger.warning("batch %s returned an unknown custom_id %r: ignored", b.batch_id, item.custom_id)
                 continue
             index = int(index_text)
@@ -187,7 +188,7 @@ class ProviderBatchJob:
                 errored += 1
             elif item.body is not None:
                 try:
-                    result = self.adapter.parse_response(item.body, model=self.model)
+                    result = self.adapter.parse_response(item.body, model=b.model or self.model)
                 except LLMError as exc:
                     self._write_error(index, f"{type(exc).__name__}: {exc}", b)
                     errored += 1
@@ -375,7 +376,9 @@ class ProviderBatchJob:
         self.counts["collected"] += 1
         cache = None if self.skip_cache else self.pipeline.cache
         if cache is not None:
-            cache.set(self.pipeline.cache_key(self.messages[index], self.model, self.params), cache_entry(result))
+            # keyed by the model the batch ran on (a later run may have been given another one)
+            key = self.pipeline.cache_key(self.messages[index], b.model or self.model, self.params)
+            cache.set(key, cache_entry(result))
 
     def _write_error(self, index: int, error: str, b: Optional[LedgerBatch], via: str = VIA) -> None:
         self._append(self._item(index, "error", error=error, via=via, batch_id=b.batch_id if b else None), rate=0.0)

@@ -412,3 +412,16 @@ def test_anthropic_two_lost_submissions_of_one_size_are_told_apart_by_custom_ids
         summary = client.submit_batch(prompts(2), output_file=out)
     assert summary["complete"] and len(server.batches) == 2
     assert {r["output"] for r in read_records(out)} == {"echo: q0", "echo: q1"}
+
+
+def test_anthropic_results_url_on_another_host_never_receives_the_key():
+    from flexllm.providers.anthropic import AnthropicAdapter
+    from flexllm.providers.anthropic_batch import AnthropicBatchAPI
+    from flexllm.providers.batch_base import BatchState
+
+    urls = []
+    api = AnthropicBatchAPI(AnthropicAdapter(api_key="sk-ant-x", base_url="https://api.anthropic.com"),
+                            lambda method, url, **kw: urls.append(url) or b"")
+    for results_url in ("https://elsewhere.example/steal", "https://api.anthropic.com/v1/messages/batches/b1/results"):
+        list(api.results("b1", BatchState("completed", "ended", "b1", raw={"results_url": results_url}), []))
+    assert urls == ["https://api.anthropic.com/v1/messages/batches/b1/results"] * 2

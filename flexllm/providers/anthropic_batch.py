@@ -12,6 +12,7 @@ size among the batches the ledger does not know, and confirmed by its custom_ids
 from __future__ import annotations
 
 import json
+from urllib.parse import urlsplit
 from typing import Any, Collection, Dict, Iterator, List, Optional
 
 from ..errors import LLMError
@@ -56,7 +57,10 @@ class AnthropicBatchAPI(BatchAPI):
                           data.get("request_counts") or {}, rfc3339(data.get("expires_at")), None, data)
 
     def results(self, batch_id: str, state: BatchState, custom_ids: List[str]) -> Iterator[ItemResult]:
-        url = state.raw.get("results_url") or f"{self.root}/{batch_id}/results"
+        url = f"{self.root}/{batch_id}/results"
+        given = state.raw.get("results_url")
+        if given and urlsplit(given).netloc == urlsplit(self.root).netloc:
+            url = given  # our key goes only to the host we talk to, never to a URL a reply names elsewhere
         for line in self.call("GET", url, raw=True).splitlines():
             if line.strip():
                 yield self._item(json.loads(line))
