@@ -16,6 +16,7 @@ from . import _cancel
 from ._logging import get_logger
 from .config import ResponseCacheConfig
 from .errors import LLMError, ResponseParseError, ResponseValidationError, StreamTruncatedError
+from ._netconfig import TransportOptions
 from .http import Transport
 from .providers.base import ProviderAdapter, RequestSpec, StreamReply
 from .ratelimit import TokenBucket
@@ -96,7 +97,8 @@ class Pipeline:
                  cache: Optional[ResponseCacheConfig] = None,
                  sleep: Callable[[float], None] = _cancel.sleep,
                  transport: Optional[Transport] = None,
-                 retryable: Callable[[BaseException], bool] = is_retryable) -> None:
+                 retryable: Callable[[BaseException], bool] = is_retryable,
+                 options: Optional[TransportOptions] = None) -> None:
         if concurrency_limit < 1:
             raise ValueError(f"concurrency_limit must be >= 1, got {concurrency_limit!r}")
         self.adapter = adapter
@@ -104,12 +106,20 @@ class Pipeline:
         self._slots = threading.BoundedSemaphore(self.concurrency_limit)
         self.bucket = TokenBucket(max_qps, sleep=sleep) if max_qps else None
         self.retry = RetryPolicy(retry_times, retry_delay, sleep=sleep, retryable=retryable)
+        self._options = options
+        redact = adapter.redact if options is None else (lambda text: options.redact(adapter.redact(text)))
         self.transport = transport or Transport(timeout=float(timeout), max_connections=self.concurrency_limit,
-                                                provider=adapter.name, redact=adapter.redact)
+                                                provider=adapter.name, redact=redact, options=options)
         self._cache_config = cache if cache is not None and cache.enabled else None
         self._cache: Optional["ResponseCache"] = None
         self._cache_opened = False
         self._cache_lock = threading.Lock()
+
+    def _decode_error(self, body: bytes) -> Any:
+        """An error body, decoded, without the proxy's password (a proxy may answer with its own page)."""
+        if self._options is not None and self._options.has_secrets:
+            body = self._options.redact(body.decode("utf-8", "replace")).encode("utf-8")
+        return _decode(body)
 
     # -- cache ---------------------------------------------------------------------------------------
     @property
@@ -226,7 +236,7 @@ class Pipeline:
             else:
                 slots.release()
         if not 200 <= status < 300:
-            error = self.adapter.map_error(status, _decode(body), headers, model=model)
+            error = self.adapter.map_error(status, self._decode_error(body), headers, model=model)
             del body  # the raw body may echo the key: keep it out of the traceback's locals
             raise error
         try:
@@ -294,7 +304,8 @@ class Pipeline:
             _cancel.check()
             status, headers, lines = stack.enter_context(self.transport.stream(spec, model=model))
             if not 200 <= status < 300:
-                raise self.adapter.map_error(status, _decode(Transport.read_body(lines)), headers, model=model)
+                raise self.adapter.map_error(status, self._decode_error(Transport.read_body(lines)), headers,
+                                             model=model)
             events = self._events(lines, model)
             first = next(events, None)  # errors up to the first event are retried by the caller
             return stack, events, first

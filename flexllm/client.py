@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 from . import _cancel
 from ._api import ClientAPI
 from ._constants import DEFAULT_CONCURRENCY, DEFAULT_RETRY_DELAY, DEFAULT_RETRY_TIMES, DEFAULT_TIMEOUT
+from ._netconfig import TransportOptions
 from ._pipeline import Outcome, Pipeline
 from .config import ResponseCacheConfig
 from .providers import registry
@@ -22,12 +23,19 @@ from .types import StreamEvent
 __all__ = ["ClaudeClient", "GeminiClient", "LLMClient", "OpenAIClient"]
 
 class _BaseClient(ClientAPI):
-    """A client over one provider adapter; see `LLMClient` for the parameters."""
+    """A client over one provider adapter; see `LLMClient` for the parameters.
+
+    Every client also takes the transport options `proxy=` ("http://proxy:3128", "https://…",
+    "socks5://user:pass@host:1080" with the `socks` extra; the password never appears in a repr, log
+    line or error), `verify=` (True, False, a CA bundle path or an `ssl.SSLContext`) and `http2=False`
+    (True needs the `http2` extra). Without proxy=, the HTTP(S)_PROXY environment variables apply.
+    """
 
     def __init__(self, adapter: ProviderAdapter, *, model: Optional[str], cache: Optional[ResponseCacheConfig],
                  concurrency_limit: int, max_qps: Optional[float], retry_times: int, retry_delay: float,
                  timeout: float, sleep: Callable[[float], None] = _cancel.sleep,
-                 retryable: Optional[Callable[[BaseException], bool]] = None) -> None:
+                 retryable: Optional[Callable[[BaseException], bool]] = None, proxy: Optional[str] = None,
+                 verify: Any = True, http2: bool = False) -> None:
         if cache is not None and not isinstance(cache, ResponseCacheConfig):
             raise TypeError("cache must be a ResponseCacheConfig, e.g. ResponseCacheConfig.with_ttl(3600)")
         self.model = model
@@ -36,6 +44,7 @@ class _BaseClient(ClientAPI):
         self.adapter = adapter
         self._pipeline = Pipeline(adapter, timeout=timeout, concurrency_limit=concurrency_limit, max_qps=max_qps,
                                   retry_times=retry_times, retry_delay=retry_delay, cache=cache, sleep=sleep,
+                                  options=TransportOptions(proxy, verify, http2),
                                   **({"retryable": retryable} if retryable else {}))
 
     @property

@@ -11,16 +11,15 @@ import itertools
 import json
 import os
 import socket
-import ssl
 import threading
 import weakref
 from typing import Any, Callable, Iterator, List, Mapping, Optional, Tuple
 
-import certifi
 import httpx
 
 from ._constants import DEFAULT_CONNECT_TIMEOUT
 from ._logging import get_logger, redact_secrets
+from ._netconfig import TransportOptions
 from .errors import APIConnectionError, APITimeoutError, LLMError
 from .providers.base import RequestSpec
 
@@ -79,8 +78,10 @@ class Transport:
 
     def __init__(self, *, timeout: float, max_connections: int, provider: str,
                  redact: Callable[[str], str] = redact_secrets,
-                 client_factory: Optional[Callable[[], httpx.Client]] = None) -> None:
+                 client_factory: Optional[Callable[[], httpx.Client]] = None,
+                 options: Optional[TransportOptions] = None) -> None:
         self.provider = provider
+        self._options = options or TransportOptions()
         self._timeout = httpx.Timeout(timeout, connect=min(DEFAULT_CONNECT_TIMEOUT, timeout))
         # a shard never blocks on its own limit: the client's semaphore bounds the total in flight (a request
         # abandoned by a cancelled await gave its slot back while still on the wire: it must not block either)
@@ -90,7 +91,6 @@ class Transport:
         self._lock = threading.Lock()
         self._nshards = 1 if client_factory else max(1, -(-max_connections // self.SHARD_CONNECTIONS))
         self._clients: List[Optional[httpx.Client]] = [None] * self._nshards
-        self._ssl: Optional[ssl.SSLContext] = None
         self._pid = os.getpid()
         self._local = threading.local()
         self._next_shard = itertools.count()
@@ -119,9 +119,9 @@ class Transport:
     def _new_client(self) -> httpx.Client:
         if self._factory is not None:
             return self._factory()
-        if self._ssl is None:
-            self._ssl = ssl.create_default_context(cafile=certifi.where())
-        return httpx.Client(timeout=self._timeout, limits=self._limits, follow_redirects=False, verify=self._ssl)
+        # proxy=, verify= and http2= (TransportOptions); one SSL context shared by the shards
+        return httpx.Client(timeout=self._timeout, limits=self._limits, follow_redirects=False,
+                            verify=self._options.ssl_context(), **self._options.client_kwargs())
 
     def prepare(self, spec: RequestSpec, *, model: str = "") -> httpx.Request:
         """Build (and encode) the request ahead of time, so nothing slow sits between rate-limit and wire."""

@@ -25,7 +25,8 @@ __all__ = ["LLMClientPool"]
 
 logger = get_logger("flexllm")
 
-_ENDPOINT_KEYS = {"base_url", "api_key", "model", "provider", "weight", "concurrency_limit", "max_qps"}
+_ENDPOINT_KEYS = {"base_url", "api_key", "model", "provider", "weight", "concurrency_limit", "max_qps", "proxy",
+                  "verify", "http2"}
 _SLOT_WAIT = 0.5  # seconds between re-checks while every healthy endpoint is busy
 
 
@@ -55,7 +56,8 @@ class LLMClientPool(ClientAPI):
                  recovery_time: float = 60.0, *, model: Optional[str] = None,
                  cache: Optional[ResponseCacheConfig] = None, retry_times: int = 3, retry_delay: float = 1.0,
                  timeout: float = 120, concurrency_limit: int = 50, max_qps: Optional[float] = None,
-                 router_options: Optional[Dict[str, Any]] = None) -> None:
+                 router_options: Optional[Dict[str, Any]] = None, proxy: Optional[str] = None, verify: Any = True,
+                 http2: bool = False) -> None:
         if bool(endpoints) == bool(clients):
             raise ValueError("give exactly one of endpoints=[{...}, ...] or clients=[...], and not an empty list")
         self.fallback = fallback
@@ -64,7 +66,7 @@ class LLMClientPool(ClientAPI):
         self._clients: List[_BaseClient] = list(clients) if clients else [
             self._make_client(i, e, model=model, cache=cache, timeout=timeout, concurrency_limit=concurrency_limit,
                               max_qps=max_qps, retry_times=retry_times, retry_delay=retry_delay,
-                              retryable=_retry_here if fallback else None)
+                              retryable=_retry_here if fallback else None, proxy=proxy, verify=verify, http2=http2)
             for i, e in enumerate(endpoints or [])]
         weights = [float(e.get("weight", 1.0)) for e in endpoints] if endpoints else [1.0] * len(self._clients)
         self._configs = [ProviderConfig(base_url=getattr(c.adapter, "base_url", "") or "", model=c.model,
@@ -85,7 +87,7 @@ class LLMClientPool(ClientAPI):
         if unknown:
             raise ValueError(f"endpoints[{i}] has unknown keys {sorted(unknown)}; known: {sorted(_ENDPOINT_KEYS)}")
         options = dict(defaults)
-        for key in ("concurrency_limit", "max_qps"):
+        for key in ("concurrency_limit", "max_qps", "proxy", "verify", "http2"):
             if endpoint.get(key) is not None:
                 options[key] = endpoint[key]
         chosen = endpoint.get("model") or model

@@ -6,6 +6,7 @@ import importlib
 import json
 import random
 import socket
+import ssl
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -52,12 +53,18 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024
     allow_reuse_address = True
+    ssl_context: Optional[ssl.SSLContext] = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.ssl_context is not None:  # TLS handshake on the connection's own thread, never the accept loop
+            request = self.ssl_context.wrap_socket(request, server_side=True)
+        super().finish_request(request, client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # a client that hung up (timeout test, killed batch) is normal here, not worth a traceback
+        # a client that hung up (timeout test, killed batch) or failed the TLS handshake is normal here
         import sys
 
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError, ssl.SSLError)):
             super().handle_error(request, client_address)
 
 
@@ -287,18 +294,22 @@ def dialect_for(path: str) -> Optional[ModuleType]:
 
 
 class MockServer:
-    """An OpenAI- and Gemini-compatible HTTP server on 127.0.0.1 for tests, demos and benchmarks.
+    """An OpenAI-, Gemini- and Anthropic-compatible HTTP server on 127.0.0.1 for tests, demos and benchmarks.
 
     >>> with MockServer(latency=0.05) as server:
     ...     client = OpenAIClient(base_url=server.url, model="any")
+
+    `ssl_context=` (a server-side `ssl.SSLContext`) serves HTTPS, e.g. to test `verify=` with your own CA.
 
     Replies echo the last user message (`"echo: <text>"`). Faults are injected per request with
     `[[mock:key=value;...]]` in a message, or for matching requests with `add_rule(...)`. Thread-safe.
     """
 
     def __init__(self, latency: float = 0.0, jitter: float = 0.0, error_rate: float = 0.0, seed: int = 0,
-                 host: str = "127.0.0.1", port: int = 0, require_key: Optional[str] = None) -> None:
+                 host: str = "127.0.0.1", port: int = 0, require_key: Optional[str] = None,
+                 ssl_context: Optional[ssl.SSLContext] = None) -> None:
         self.host = host
+        self.ssl_context = ssl_context
         self._port = port
         self.require_key = require_key
         self._lock = threading.Lock()
@@ -319,8 +330,7 @@ class MockServer:
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> "MockServer":
         """Bind and serve in a background thread; returns once the socket listens."""
-        handler = type("Handler", (_Handler,), {"mock": self})
-        self._httpd = _HTTPServer((self.host, self._port), handler)
+        self._httpd = self._bind()
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="flexllm-mock", daemon=True)
         self._thread.start()
@@ -335,9 +345,13 @@ class MockServer:
 
     def serve_forever(self) -> None:
         """Serve in the calling thread (the command line)."""
-        handler = type("Handler", (_Handler,), {"mock": self})
-        self._httpd = _HTTPServer((self.host, self._port), handler)
+        self._httpd = self._bind()
         self._httpd.serve_forever(poll_interval=0.1)
+
+    def _bind(self) -> _HTTPServer:
+        httpd = _HTTPServer((self.host, self._port), type("Handler", (_Handler,), {"mock": self}))
+        httpd.ssl_context = self.ssl_context
+        return httpd
 
     def __enter__(self) -> "MockServer":
         return self.start()
@@ -352,8 +366,8 @@ class MockServer:
 
     @property
     def root_url(self) -> str:
-        """Base URL for Gemini clients (`http://127.0.0.1:PORT`)."""
-        return f"http://{self.host}:{self.port}"
+        """Base URL for Gemini and Claude clients (`http://127.0.0.1:PORT`; https:// with ssl_context=)."""
+        return f"{'https' if self.ssl_context is not None else 'http'}://{self.host}:{self.port}"
 
     @property
     def url(self) -> str:
