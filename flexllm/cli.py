@@ -40,7 +40,8 @@ def _env(*names: str) -> Optional[str]:
 def _connection_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection (flags win over environment variables)")
     g.add_argument("--model", help="model name (env FLEXLLM_MODEL)")
-    g.add_argument("--base-url", help="API base URL, e.g. http://localhost:8000/v1 (env FLEXLLM_BASE_URL, OPENAI_BASE_URL)")
+    g.add_argument("--base-url", help="API base URL, e.g. http://localhost:8000/v1 "
+                                      "(env FLEXLLM_BASE_URL; OPENAI_BASE_URL for OpenAI-compatible models)")
     g.add_argument("--api-key", help="API key (env: the provider's own, e.g. ANTHROPIC_API_KEY, GEMINI_API_KEY, "
                                      "OPENAI_API_KEY for api.openai.com; then FLEXLLM_API_KEY; never printed)")
     g.add_argument("--provider", choices=("auto",) + provider_names(), default="auto", help="default: auto")
@@ -173,13 +174,21 @@ class _nullcontext:
         return None
 
 
+def _detect(model: str) -> str:
+    from .providers import detect
+
+    return detect(None, model)
+
+
 def _client(args: argparse.Namespace, **extra: Any):
     from . import LLMClient
 
     model = args.model or _env("FLEXLLM_MODEL")
     if not model:
         raise UsageError("no model: pass --model or set FLEXLLM_MODEL")
-    base_url = args.base_url or _env("FLEXLLM_BASE_URL", "OPENAI_BASE_URL")
+    base_url = args.base_url or _env("FLEXLLM_BASE_URL")
+    if not base_url and (args.provider if args.provider != "auto" else _detect(model)) == "openai":
+        base_url = _env("OPENAI_BASE_URL")  # OpenAI's variable, for the OpenAI dialect only
     api_key = args.api_key  # None: the provider reads its own environment variable, then FLEXLLM_API_KEY
     try:
         return LLMClient(model=model, base_url=base_url, api_key=api_key, provider=args.provider,

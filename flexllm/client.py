@@ -80,6 +80,8 @@ class OpenAIClient(_BaseClient):
     >>> client.chat_completions_sync([{"role": "user", "content": "hi"}])
 
     `thinking` (None/True/False/"low"…) is the default for every call; a call's `thinking=` wins.
+    `thinking_style` ("openai", "vllm", "sglang", "dashscope", "ollama") names how this server turns
+    thinking on; None detects it from the URL (see the README); a call's `thinking_style=` wins.
     """
 
     def __init__(self, base_url: str, api_key: str = "EMPTY", model: Optional[str] = None, *,
@@ -87,9 +89,9 @@ class OpenAIClient(_BaseClient):
                  concurrency_limit: int = DEFAULT_CONCURRENCY, max_qps: Optional[float] = None,
                  retry_times: int = DEFAULT_RETRY_TIMES, retry_delay: float = DEFAULT_RETRY_DELAY,
                  timeout: float = DEFAULT_TIMEOUT, default_headers: Optional[Mapping[str, str]] = None,
-                 **options: Any) -> None:
+                 thinking_style: Optional[str] = None, **options: Any) -> None:
         adapter = make_adapter("openai", base_url=base_url, api_key=api_key, model=model, thinking=thinking,
-                               default_headers=default_headers)
+                               default_headers=default_headers, thinking_style=thinking_style)
         super().__init__(adapter, model=model, cache=cache,
                          concurrency_limit=concurrency_limit, max_qps=max_qps, retry_times=retry_times,
                          retry_delay=retry_delay, timeout=timeout, **options)
@@ -185,14 +187,16 @@ class LLMClient(_BaseClient):
                  retry_delay: float = DEFAULT_RETRY_DELAY, timeout: float = DEFAULT_TIMEOUT, *,
                  thinking: Any = None, project_id: Optional[str] = None, location: str = "us-central1",
                  use_vertex_ai: bool = False, access_token: Optional[str] = None, credentials: Any = None,
-                 default_headers: Optional[Mapping[str, str]] = None, **options: Any) -> None:
+                 default_headers: Optional[Mapping[str, str]] = None, thinking_style: Optional[str] = None,
+                 **options: Any) -> None:
         if provider == "auto":
             provider = detect_provider(base_url, model, use_vertex_ai, api_key)
         elif provider not in registry.names():
             raise ValueError(f"provider must be one of {('auto',) + registry.names()}, got {provider!r}")
         adapter = make_adapter(provider, base_url=base_url, api_key=api_key, model=model, thinking=thinking,
                                default_headers=default_headers, project_id=project_id, location=location,
-                               use_vertex_ai=use_vertex_ai, access_token=access_token, credentials=credentials)
+                               use_vertex_ai=use_vertex_ai, access_token=access_token, credentials=credentials,
+                               thinking_style=thinking_style)
         super().__init__(adapter, model=model, cache=cache, concurrency_limit=concurrency_limit, max_qps=max_qps,
                          retry_times=retry_times, retry_delay=retry_delay, timeout=timeout, **options)
 

@@ -21,8 +21,8 @@ __all__ = ["LIBRARY_KWARGS", "MAX_ERROR_TEXT", "ProviderAdapter", "RequestSpec",
 MAX_ERROR_TEXT = 500
 
 #: words a caller may pass that are for flexllm, never for the request body
-LIBRARY_KWARGS = frozenset({"skip_cache", "metadata", "thinking", "timeout", "return_raw", "return_usage",
-                            "validation_retries"})
+LIBRARY_KWARGS = frozenset({"skip_cache", "metadata", "thinking", "thinking_style", "timeout", "return_raw",
+                            "return_usage", "validation_retries"})
 
 
 def clean_secret(value: Optional[str], name: str = "api_key") -> str:

@@ -39,6 +39,20 @@ def endpoint_kind(base_url: str) -> str:
     return "generic"
 
 
+#: `thinking_style=` values → the dialect they name (vLLM and SGLang read chat_template_kwargs)
+THINKING_STYLES = {"openai": "openai", "vllm": "generic", "sglang": "generic", "dashscope": "dashscope",
+                   "qwen": "dashscope", "ollama": "ollama"}
+
+
+def style_kind(style: Any, default: str) -> str:
+    """The dialect for a `thinking_style` (None: `default`, detected from the URL); ValueError if unknown."""
+    if style is None:
+        return default
+    if not isinstance(style, str) or style not in THINKING_STYLES:
+        raise ValueError(f"thinking_style must be None or one of {sorted(THINKING_STYLES)}, got {style!r}")
+    return THINKING_STYLES[style]
+
+
 def thinking_params(kind: str, thinking: Any) -> Dict[str, Any]:
     """Body fields that turn thinking on/off (or set its level) for one endpoint kind (DESIGN §8)."""
     if thinking is None:
@@ -82,13 +96,13 @@ class OpenAIAdapter(ProviderAdapter):
     name = "openai"
 
     def __init__(self, *, base_url: str, api_key: Optional[str] = "EMPTY", thinking: Any = None,
-                 default_headers: Optional[Mapping[str, str]] = None) -> None:
+                 default_headers: Optional[Mapping[str, str]] = None, thinking_style: Optional[str] = None) -> None:
         if not base_url:
             raise ValueError("base_url is required for an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
         self.base_url = base_url.rstrip("/")
-        self.kind = endpoint_kind(self.base_url)
+        self.kind = style_kind(thinking_style, endpoint_kind(self.base_url))
         thinking_params(self.kind, thinking)  # validate early
         self.thinking = thinking
         self._url = self.base_url if self.base_url.endswith("/chat/completions") else self.base_url + "/chat/completions"
@@ -111,7 +125,8 @@ class OpenAIAdapter(ProviderAdapter):
             if key not in _OMIT:
                 body[key] = value
         thinking = params["thinking"] if "thinking" in params else self.thinking
-        for key, value in thinking_params(self.kind, thinking).items():
+        kind = style_kind(params["thinking_style"], self.kind) if "thinking_style" in params else self.kind
+        for key, value in thinking_params(kind, thinking).items():
             if key == "chat_template_kwargs":  # merge; the caller's explicit keys win
                 body[key] = {**value, **(body.get(key) or {})}
             else:
@@ -222,6 +237,7 @@ class OpenAIAdapter(ProviderAdapter):
         thinking = params["thinking"] if "thinking" in params else self.thinking
         if thinking is not None:
             out["thinking"] = thinking
+            out["thinking_style"] = style_kind(params.get("thinking_style"), self.kind)  # it changes the request
         if params.get("extra_body"):
             out["extra_body"] = params["extra_body"]
         return out
@@ -249,14 +265,16 @@ def _error_text(body: Any) -> "tuple[str, Optional[str]]":
 
 
 def _make_adapter(*, base_url: Optional[str], api_key: Optional[str], model: Optional[str] = None, thinking: Any = None,
-                  default_headers: Optional[Mapping[str, str]] = None) -> OpenAIAdapter:
+                  default_headers: Optional[Mapping[str, str]] = None,
+                  thinking_style: Optional[str] = None) -> OpenAIAdapter:
     if not base_url:
         raise ValueError("base_url is required for an OpenAI-compatible provider, "
                          "e.g. LLMClient(model='gpt-4o', base_url='https://api.openai.com/v1')")
-    return OpenAIAdapter(base_url=base_url, api_key=api_key, thinking=thinking, default_headers=default_headers)
+    return OpenAIAdapter(base_url=base_url, api_key=api_key, thinking=thinking, default_headers=default_headers,
+                         thinking_style=thinking_style)
 
 
 # the fallback: any server not recognised as another provider speaks the OpenAI dialect; OPENAI_API_KEY
 # is read for OpenAI's own hosts only (a DeepSeek or vLLM server never receives it)
 register(Provider("openai", _make_adapter, hosts=("openai.com", "openai.azure.com"), env_keys=("OPENAI_API_KEY",),
-                  env_keys_own_hosts_only=True, fallback=True))
+                  env_keys_own_hosts_only=True, fallback=True, options=("thinking_style",)))

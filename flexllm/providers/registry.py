@@ -121,11 +121,15 @@ def detect(base_url: Optional[str], model: Optional[str], api_key: Optional[str]
 def resolve_key(provider: Provider, api_key: Optional[str], base_url: Optional[str]) -> Optional[str]:
     """The key to send: the given one, else the provider's own env vars, else FLEXLLM_API_KEY (or None).
 
-    A provider never reads another provider's variables, so an ANTHROPIC_API_KEY cannot reach OpenAI.
+    A provider never reads another provider's variables, so an ANTHROPIC_API_KEY cannot reach OpenAI, and
+    never sends its own variable's key to a host that belongs to another provider (provider="gemini" with
+    an api.openai.com base_url gets no GEMINI_API_KEY).
     """
     if api_key not in NO_KEY:
         return api_key
-    if provider.env_keys and (not provider.env_keys_own_hosts_only or not base_url or provider.owns_host(base_url)):
+    foreign = any(p.owns_host(base_url) for n, p in _REGISTRY.items() if n != provider.name)
+    if provider.env_keys and not foreign and \
+            (not provider.env_keys_own_hosts_only or not base_url or provider.owns_host(base_url)):
         for env in provider.env_keys:
             value = (os.environ.get(env) or "").strip()
             if value:
