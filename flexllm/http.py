@@ -13,10 +13,12 @@ import os
 import socket
 import threading
 import weakref
-from typing import Any, Callable, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
 
 import httpx
 
+from . import _h1
 from ._constants import DEFAULT_CONNECT_TIMEOUT
 from ._logging import get_logger, redact_secrets
 from ._netconfig import TransportOptions
@@ -96,6 +98,11 @@ class Transport:
         self._next_shard = itertools.count()
         self._sockets: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()  # every socket we opened, for abort()
         self._extensions = {"trace": self._trace}
+        # non-streaming requests take the lean HTTP/1.1 path (`_h1`) unless something needs httpx
+        self._lean = client_factory is None and not _proxies_in_environment()
+        self._origins: Dict[str, _h1.Origin] = {}  # "scheme://host:port" -> its keep-alive sockets
+        self._targets: Dict[str, Optional[Tuple[_h1.Origin, str]]] = {}  # url -> (origin, target) or None
+        self._max_connections = max_connections
 
     def _get_client(self) -> httpx.Client:
         local = self._local
@@ -110,6 +117,7 @@ class Transport:
                 # after fork the parent's sockets are shared: never reuse them, never close them here
                 self._clients = [None] * self._nshards
                 self._sockets = weakref.WeakSet()
+                self._origins, self._targets = {}, {}
                 self._pid = os.getpid()
             client = self._clients[shard]
             if client is None:
@@ -123,10 +131,15 @@ class Transport:
         return httpx.Client(timeout=self._timeout, limits=self._limits, follow_redirects=False,
                             verify=self._options.ssl_context(), **self._options.client_kwargs())
 
-    def prepare(self, spec: RequestSpec, *, model: str = "") -> httpx.Request:
+    def prepare(self, spec: RequestSpec, *, model: str = "") -> "httpx.Request | _h1.Prepared":
         """Build (and encode) the request ahead of time, so nothing slow sits between rate-limit and wire."""
         with _mapped(self.provider, model, self._redact):
-            return self._request(spec)
+            lean = self._origin(spec.url) if self._lean else None
+            if lean is None:
+                return self._request(spec)
+            origin, target = lean
+            return origin.prepare(spec.method, target, spec.headers, dumps(spec.json),
+                                  spec.timeout or self._timeout.read)
 
     def _request(self, spec: RequestSpec) -> httpx.Request:
         client = self._get_client()
@@ -145,8 +158,42 @@ class Transport:
                 with self._lock:
                     self._sockets.add(sock)
 
+    def _origin(self, url: str) -> Optional[Tuple[_h1.Origin, str]]:
+        """The lean path's origin and request target for a URL, or None where httpx must handle it."""
+        if self._pid != os.getpid():
+            self._get_client()  # resets the httpx shards and the origins after fork
+        try:
+            return self._targets[url]
+        except KeyError:
+            pass
+        parts = urlsplit(url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        lean = None
+        if (parts.scheme in ("http", "https") and parts.hostname and "@" not in parts.netloc
+                and target.isascii() and target.isprintable() and " " not in target and not parts.fragment):
+            key = f"{parts.scheme}://{parts.netloc}"
+            with self._lock:
+                origin = self._origins.get(key)
+                if origin is None:
+                    if self._ssl is None:
+                        self._ssl = ssl.create_default_context(cafile=certifi.where())
+                    origin = self._origins[key] = _h1.Origin(
+                        parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+                        parts.netloc, self._ssl, self._timeout.connect or DEFAULT_CONNECT_TIMEOUT,
+                        self._max_connections)
+            lean = (origin, target)
+        if len(self._targets) > 256:  # URLs per client are few; never let this grow without bound
+            self._targets.clear()
+        self._targets[url] = lean
+        return lean
+
     def send(self, request: "RequestSpec | httpx.Request", *, model: str) -> Tuple[int, Mapping[str, str], bytes]:
         """Send one request (a spec, or one from `prepare`) and read the whole body: (status, headers, body)."""
+        if isinstance(request, RequestSpec):
+            request = self.prepare(request, model=model)
+        if isinstance(request, _h1.Prepared):
+            with _mapped(self.provider, model, self._redact):
+                return request.origin.send(request)
         with _mapped(self.provider, model, self._redact):
             if isinstance(request, RequestSpec):
                 request = self._request(request)
@@ -194,6 +241,9 @@ class Transport:
         """Fail every request in flight at once (shut their sockets down), then close the pool."""
         with self._lock:
             sockets, self._sockets = list(self._sockets) if self._pid == os.getpid() else [], weakref.WeakSet()
+            origins = list(self._origins.values()) if self._pid == os.getpid() else []
+        for origin in origins:
+            origin.abort()
         for sock in sockets:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -205,7 +255,16 @@ class Transport:
         """Close pooled connections (only those this process opened); the next request reopens."""
         with self._lock:
             clients, self._clients = self._clients, [None] * self._nshards
+            origins, self._origins, self._targets = self._origins, {}, {}
             if self._pid == os.getpid():
                 for client in clients:
                     if client is not None:
                         client.close()
+                for origin in origins.values():
+                    origin.close()
+
+
+def _proxies_in_environment() -> bool:
+    """httpx (trust_env) routes through HTTP(S)_PROXY / ALL_PROXY: such requests stay on httpx."""
+    return any(os.environ.get(name) for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+                                                  "http_proxy", "https_proxy", "all_proxy"))
