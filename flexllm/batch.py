@@ -22,12 +22,12 @@ from ._constants import BATCH_WINDOW_PER_WORKER
 from ._items import ItemParams, redo_rule
 from ._logging import get_logger
 from ._messages import check_messages
-from ._pipeline import result_from_cache
+from ._pipeline import result_from_hit
 from ._record import encode, to_item
-from .errors import LLMError, QuotaExceededError
+from .errors import QuotaExceededError
 from .pricing import get_model_pricing
 from .progress import BatchProgress
-from .structured import fill_parsed, response_schema
+from .structured import response_schema
 from .types import BatchResultItem, ChatCompletionResult
 
 __all__ = ["BatchJob", "OutputFileLockedError"]
@@ -228,7 +228,7 @@ class BatchJob:
             hits = self.runner.cached_many([(t[1], t[3], t[4]) for t in todo])
         for work, hit in zip(todo, hits):
             index, messages, meta, model, params, plain = work
-            result = _valid_hit(hit, params, model) if hit is not None else None
+            result = result_from_hit(hit, params, model) if hit is not None else None
             if result is not None:
                 yield _item(index, result, "cached", 0.0, meta, 0, plain), messages
             else:
@@ -351,18 +351,6 @@ def _item(index: int, r: ChatCompletionResult, status: str, latency: float, meta
     return BatchResultItem(index, r.text, r.usage, status, None, latency, meta, r.reasoning_content,
                            finish_reason=r.finish_reason, tool_calls=r.tool_calls, parsed=r.parsed, attempts=attempts,
                            params=params)
-
-
-def _valid_hit(entry: dict, params: Dict[str, Any], model: str) -> Optional[ChatCompletionResult]:
-    """A cache entry as a result, parsed against the item's schema; None when it does not fit (ask again)."""
-    result = result_from_cache(entry)
-    schema = response_schema(params.get("response_format")) if "response_format" in params else None
-    if schema is not None:
-        try:
-            fill_parsed(result, schema, model=model)
-        except LLMError:
-            return None
-    return result
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[List[Any]]:

@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ._api import ClientAPI
 from ._logging import get_logger
-from ._pipeline import Outcome, Pipeline
+from ._pipeline import Outcome, Pipeline, result_from_hit
 from .client import LLMClient, _BaseClient
 from .config import ResponseCacheConfig
 from .errors import APIConnectionError, AuthenticationError, LLMError, NotFoundError, QuotaExceededError
@@ -202,9 +202,9 @@ class LLMClientPool(ClientAPI):
         """One reply through the pool (the batch engine's entry point)."""
         if read_cache and not skip_cache:
             [hit] = self.cached_many([(messages, model, params)])
-            if hit is not None:
-                from ._pipeline import result_from_cache
-                return Outcome(result_from_cache(hit), None, True, 0, 0.0)
+            result = result_from_hit(hit, params, model) if hit is not None else None
+            if result is not None:
+                return Outcome(result, None, True, 0, 0.0)
         started = time.perf_counter()
         outcome, cfg = self._run(lambda p, m, t: p.complete(messages, m, params, skip_cache=skip_cache,
                                                             read_cache=False, token_taken=t), model)

@@ -176,3 +176,31 @@ def test_schemas_are_normalised_once():
     assert response_schema(Person) is response_schema(Person)
     assert response_schema(dict(SCHEMA)) is response_schema(dict(SCHEMA))
     assert response_schema({"type": "json_object"}) is None
+
+
+def test_a_pool_returns_instances_fresh_and_from_the_cache(server, tmp_path):
+    from flexllm import LLMClientPool
+
+    cache = ResponseCacheConfig(enabled=True, cache_dir=str(tmp_path))
+    pool = LLMClientPool(endpoints=[{"base_url": server.url, "model": "m1"}, {"base_url": server.url, "model": "m1"}],
+                         cache=cache, retry_delay=0.01)
+    try:
+        assert pool.chat_completions_sync(user("[[mock:invalid_json=1]] pat"), response_format=Person) == \
+            Person(name="pat", age=1)
+        assert pool.chat_completions_sync(user("[[mock:invalid_json=1]] pat"), response_format=Person) == \
+            Person(name="pat", age=1)
+        assert len(server.requests) == 2  # the first ask, its re-ask; then the cache
+    finally:
+        pool.close()
+
+
+def test_invalid_json_as_a_flag_means_once_or_times(server):
+    c = client_for(server)
+    assert c.chat_completions_sync(user("[[mock:invalid_json=true]] a"), response_format=Person) == Person(name="a", age=1)
+    assert [q.fault for q in server.requests] == ["invalid_json", None]
+    server.clear()
+    with pytest.raises(ResponseValidationError):
+        c.chat_completions_sync(user("[[mock:invalid_json=yes;times=3]] b"), response_format=Person)
+    assert [q.fault for q in server.requests] == ["invalid_json"] * 3
+    r = c.chat_completions_sync(user("[[mock:tool_calls=f]] c"), return_usage=True)
+    assert r.tool_calls[0]["function"]["name"] == "f"

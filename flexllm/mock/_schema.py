@@ -70,6 +70,15 @@ def _resolve(root: Dict[str, Any], ref: str) -> Any:
     return node
 
 
+def how_many(value: str, times: Any = None) -> int:
+    """Attempts a fault like `invalid_json=` applies to: a number, or a flag meaning `times=` (default once)."""
+    if value.strip().isdigit():
+        return int(value)
+    if value.strip().lower() in ("", "0", "false", "no", "off"):
+        return 0
+    return int(times) if times is not None and str(times).strip().isdigit() else 1
+
+
 def broken_json(answer: str) -> str:
     """Text that starts like the JSON answer but is not valid JSON (a cut-off object)."""
     return '{"answer": ' + json.dumps(answer)[:-1]

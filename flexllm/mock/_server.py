@@ -238,12 +238,13 @@ class _Handler(BaseHTTPRequestHandler):
 
         last = strip(last_user).strip()
         seq = mock._next_seq()
-        calls = _schema.tool_calls(d["tool"], d.get("tool_args"), seq) if d.get("tool") else None
+        tools = d.get("tool") or d.get("tool_calls")
+        calls = _schema.tool_calls(tools, d.get("tool_args"), seq) if tools else None
         turn = Turn(body, path, seq, _answer(d, dialect, body, last, calls), last, d,
                     truncate=bool(attempt_ok and d.get("truncate")), calls=calls, faults=attempt_ok)
         rec.status = 200
         rec.fault = "truncate" if turn.truncate else None
-        if "invalid_json" in d and rec.attempt <= int(d["invalid_json"]):
+        if "invalid_json" in d and rec.attempt <= _schema.how_many(d["invalid_json"], d.get("times")):
             turn.answer, rec.fault = _schema.broken_json(turn.answer), "invalid_json"
         limit = dialect.token_limit(body) if hasattr(dialect, "token_limit") else None
         if limit is not None and "finish" not in d and len(turn.answer.split()) > limit:
