@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
-# the suite also runs the integrations against real engines (Ray actors), so it installs their extras
-TEST_EXTRAS ?= dev,ray
+# the suite also runs the integrations against real engines (Ray actors) and a real third-party proxy
+# (LiteLLM, offline), so it installs their extras
+TEST_EXTRAS ?= dev,ray,proxy-tests
 TEST_STAMP  := $(VENV)/.installed-test
 
 .PHONY: install test demo bench lint clean

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import random
+import re
 import time
 from typing import Callable, Mapping, Optional, TypeVar
 
@@ -24,7 +25,7 @@ from .errors import (
     StreamTruncatedError,
 )
 
-__all__ = ["RetryPolicy", "backoff_delay", "is_retryable", "parse_retry_after", "retry_wait"]
+__all__ = ["RetryPolicy", "backoff_delay", "is_retryable", "parse_retry_after", "ratelimit_reset", "retry_wait"]
 
 logger = get_logger(__name__)
 T = TypeVar("T")
@@ -38,29 +39,71 @@ def _positive(value: Optional[float]) -> Optional[float]:
 def parse_retry_after(headers: Mapping[str, str], *, now: Optional[float] = None) -> Optional[float]:
     """Seconds the server asked us to wait (`retry-after-ms`, then `retry-after` seconds or HTTP date).
 
+    A proxy's relayed copy of the upstream's hint counts too (LiteLLM: `llm_provider-retry-after`).
     None when there is no usable hint: absent, garbage, zero, negative or a date in the past. A zero would
     make the retries follow each other within milliseconds, so our own backoff is used instead.
     """
-    value = headers.get("retry-after-ms")
-    if value is not None:
+    for prefix in _RELAY_PREFIXES:
+        value = headers.get(prefix + "retry-after-ms")
+        if value is not None:
+            try:
+                wait = _positive(float(value) / 1000.0)
+            except ValueError:
+                wait = None
+            if wait is not None:
+                return wait
+        value = headers.get(prefix + "retry-after")
+        if value is None:
+            continue
         try:
-            wait = _positive(float(value) / 1000.0)
+            wait = _positive(float(value))
         except ValueError:
-            wait = None
+            parsed = email.utils.parsedate_tz(value)
+            wait = None if parsed is None else \
+                _positive(email.utils.mktime_tz(parsed) - (time.time() if now is None else now))
         if wait is not None:
             return wait
-    value = headers.get("retry-after")
-    if value is None:
-        return None
+    return None
+
+
+_RELAY_PREFIXES = ("", "llm_provider-")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(value: str) -> Optional[float]:
+    """Seconds in an `x-ratelimit-reset-*` value: OpenAI's "1m30s" / "250ms" / "2.5s", or plain seconds."""
+    value = value.strip()
     try:
         return _positive(float(value))
     except ValueError:
         pass
-    parsed = email.utils.parsedate_tz(value)
-    if parsed is None:
-        return None
-    when = email.utils.mktime_tz(parsed)
-    return _positive(when - (time.time() if now is None else now))
+    parts = _DURATION.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        return None  # not a duration we understand (a date, garbage): no hint
+    return _positive(sum(float(n) * _UNIT[u] for n, u in parts))
+
+
+def ratelimit_reset(headers: Mapping[str, str]) -> Optional[float]:
+    """When an exhausted rate limit resets, from `x-ratelimit-reset-requests|tokens` (also relayed by a proxy).
+
+    The limit whose `x-ratelimit-remaining-*` is 0 is the one that matters; without remaining counts, the
+    latest reset (all limits have room again). None when the headers say nothing usable.
+    """
+    resets = []
+    exhausted = []
+    for prefix in _RELAY_PREFIXES:
+        for kind in ("requests", "tokens"):
+            value = headers.get(f"{prefix}x-ratelimit-reset-{kind}")
+            seconds = _duration(value) if value else None
+            if seconds is None:
+                continue
+            resets.append(seconds)
+            if (headers.get(f"{prefix}x-ratelimit-remaining-{kind}") or "").strip() == "0":
+                exhausted.append(seconds)
+    if exhausted:
+        return max(exhausted)
+    return max(resets) if resets else None
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -92,6 +135,8 @@ def retry_wait(exc: BaseException, retry_index: int, retry_delay: float,
         hint = parse_retry_after(exc.headers)
         if hint is None:
             hint = _positive(exc.retry_after)
+        if hint is None and exc.status_code == 429:  # reset times matter only when a limit was hit
+            hint = ratelimit_reset(exc.headers)
         if hint is not None:
             return min(hint, MAX_RETRY_AFTER)
     return backoff_delay(retry_index, retry_delay, rng)

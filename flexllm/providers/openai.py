@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Dict, List, Mapping, Optional
 from urllib.parse import urlsplit
 
@@ -227,7 +228,7 @@ class OpenAIAdapter(ProviderAdapter):
     def map_error(self, status_code: int, body: Any, headers: Mapping[str, str], *, model: str) -> APIStatusError:
         message, code = _error_text(body)
         cls = status_error_class(status_code)
-        if status_code == 429 and code in ("insufficient_quota", "quota_exceeded", "billing_hard_limit_reached"):
+        if status_code == 429 and (code in _QUOTA_CODES or _QUOTA_TEXT.search(message)):
             cls = QuotaExceededError
         return self.status_error(cls, message, status_code=status_code, body=body, headers=headers, model=model,
                                  code=code)
@@ -241,6 +242,12 @@ class OpenAIAdapter(ProviderAdapter):
         if params.get("extra_body"):
             out["extra_body"] = params["extra_body"]
         return out
+
+
+_QUOTA_CODES = ("insufficient_quota", "quota_exceeded", "billing_hard_limit_reached")
+# a proxy (LiteLLM) relays an upstream quota error as {"type": "throttling_error", "code": "429"}: only the
+# message still says so. OpenAI's own wording counts; a per-minute "quota" of requests/tokens does not.
+_QUOTA_TEXT = re.compile(r"insufficient_quota|billing_hard_limit_reached|exceeded your current quota", re.I)
 
 
 def _error_text(body: Any) -> "tuple[str, Optional[str]]":
