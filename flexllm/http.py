@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import socket
+import ssl
 import threading
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
@@ -99,7 +100,8 @@ class Transport:
         self._sockets: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()  # every socket we opened, for abort()
         self._extensions = {"trace": self._trace}
         # non-streaming requests take the lean HTTP/1.1 path (`_h1`) unless something needs httpx
-        self._lean = client_factory is None and not _proxies_in_environment()
+        self._lean = (client_factory is None and not self._options.proxy and not self._options.http2
+                      and not _proxies_in_environment())
         self._origins: Dict[str, _h1.Origin] = {}  # "scheme://host:port" -> its keep-alive sockets
         self._targets: Dict[str, Optional[Tuple[_h1.Origin, str]]] = {}  # url -> (origin, target) or None
         self._max_connections = max_connections
@@ -175,17 +177,24 @@ class Transport:
             with self._lock:
                 origin = self._origins.get(key)
                 if origin is None:
-                    if self._ssl is None:
-                        self._ssl = ssl.create_default_context(cafile=certifi.where())
                     origin = self._origins[key] = _h1.Origin(
                         parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
-                        parts.netloc, self._ssl, self._timeout.connect or DEFAULT_CONNECT_TIMEOUT,
-                        self._max_connections)
+                        parts.netloc, self._lean_ssl() if parts.scheme == "https" else None,
+                        self._timeout.connect or DEFAULT_CONNECT_TIMEOUT, self._max_connections)
             lean = (origin, target)
         if len(self._targets) > 256:  # URLs per client are few; never let this grow without bound
             self._targets.clear()
         self._targets[url] = lean
         return lean
+
+    def _lean_ssl(self) -> ssl.SSLContext:
+        """The same TLS settings httpx gets (verify=: certifi, a CA bundle, a context, or no checks)."""
+        ctx = self._options.ssl_context()
+        if ctx is False:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
 
     def send(self, request: "RequestSpec | httpx.Request", *, model: str) -> Tuple[int, Mapping[str, str], bytes]:
         """Send one request (a spec, or one from `prepare`) and read the whole body: (status, headers, body)."""

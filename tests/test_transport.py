@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from flexllm import APIConnectionError, APITimeoutError, LLMError, OpenAIClient
+from flexllm._netconfig import TransportOptions
 from flexllm.http import Transport
 from flexllm.providers.base import RequestSpec
 
@@ -265,8 +266,8 @@ def test_tls_keep_alive_and_chunked():
         return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
 
     server = RawServer(serve_each(reply), tls=True)
-    transport = Transport(timeout=10, max_connections=4, provider="openai")
-    transport._ssl = ssl.create_default_context(cafile=os.path.join(DATA, "tls-cert.pem"))  # trust the test CA
+    transport = Transport(timeout=10, max_connections=4, provider="openai",
+                          options=TransportOptions(verify=os.path.join(DATA, "tls-cert.pem")))
     spec = RequestSpec("POST", server.url + "/chat/completions", {"Content-Type": "application/json"},
                        {"model": "m", "messages": user("x")}, None)
     for n in (1, 2):
