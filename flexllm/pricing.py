@@ -41,7 +41,7 @@ MODEL_PRICING: Dict[str, Dict[str, float]] = {
     "claude-3-opus": _p(15, 75), "claude-3-haiku": _p(0.25, 1.25),
     "claude-sonnet-4": _p(3, 15), "claude-sonnet-4-5": _p(3, 15), "claude-opus-4": _p(15, 75),
     "claude-opus-4-1": _p(15, 75), "claude-opus-4-5": _p(5, 25), "claude-haiku-4-5": _p(1, 5),
-    "claude-opus-4-6": _p(5, 25), "claude-sonnet-4-6": _p(3, 15),
+    "claude-opus-4-6": _p(5, 25), "claude-opus-4-7": _p(5, 25), "claude-sonnet-4-6": _p(3, 15),
     # Google Gemini
     "gemini-2.5-pro": _p(1.25, 10), "gemini-2.5-flash": _p(0.30, 2.50), "gemini-2.5-flash-lite": _p(0.10, 0.40),
     "gemini-2.0-flash": _p(0.10, 0.40), "gemini-2.0-flash-lite": _p(0.075, 0.30),

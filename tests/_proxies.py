@@ -85,14 +85,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     do_GET = do_POST = _forward  # noqa: N815
 
 
-class HTTPProxy:
-    """A forward proxy: absolute-form requests for http:// targets, CONNECT tunnels for https://."""
-
-    def __init__(self, echo_407=False):
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _ProxyHandler)
-        self.server.daemon_threads = True
-        self.server.auths, self.server.forwarded, self.server.connects = [], [], []
-        self.server.echo_407 = echo_407
+class _Served:
+    """Serve `self.server` on a daemon thread inside a with-block."""
 
     def __enter__(self):
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -101,6 +95,16 @@ class HTTPProxy:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+class HTTPProxy(_Served):
+    """A forward proxy: absolute-form requests for http:// targets, CONNECT tunnels for https://."""
+
+    def __init__(self, echo_407=False):
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _ProxyHandler)
+        self.server.daemon_threads = True
+        self.server.auths, self.server.forwarded, self.server.connects = [], [], []
+        self.server.echo_407 = echo_407
 
 
 class _SocksHandler(socketserver.BaseRequestHandler):
@@ -149,7 +153,7 @@ class _SocksHandler(socketserver.BaseRequestHandler):
         upstream.close()
 
 
-class SocksProxy:
+class SocksProxy(_Served):
     """A SOCKS5 proxy (CONNECT only), optionally with username/password authentication."""
 
     def __init__(self, credentials=None):
@@ -157,11 +161,3 @@ class SocksProxy:
         self.server.daemon_threads = True
         self.server.credentials = credentials
         self.server.auths, self.server.connects = [], []
-
-    def __enter__(self):
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self.server
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
