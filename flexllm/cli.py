@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Input lines: {\"messages\": [...]} or {\"prompt\": \"...\"}; other fields are "
                                    "kept as the record's metadata. Rerunning the same command resumes. Exit codes: "
                                    "0 all succeeded, 1 some failed or stopped early (rerun to retry), "
-                                   "2 usage/input error, 130 interrupted.")
+                                   "2 usage/input error, 130 interrupted, 75 (--provider-batch) items still at "
+                                   "the provider: rerun later.")
     b.add_argument("input", help="input JSONL file, or - for stdin")
     b.add_argument("-o", "--output", required=True, help="output JSONL file (checkpoint; rerun resumes)")
     _connection_args(b)
@@ -86,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --provider-batch: items of a batch unfinished after HOURS go through live requests")
     pb.add_argument("--poll-interval", type=float, default=30.0, metavar="SECONDS",
                     help="with --wait: seconds between status checks (default 30)")
-    if not any("--dry-run" in a.option_strings for a in b._actions):
-        b.add_argument("--dry-run", action="store_true", help="count tokens and show the estimated cost; send nothing")
+    b.add_argument("--dry-run", action="store_true", help="count tokens and show the estimated cost (with "
+                                                          "--provider-batch: at the batch price); send nothing")
     k = b.add_argument_group("what to ask for and keep")
     k.add_argument("--schema", metavar="FILE.json", help="JSON Schema every reply must match (validated; an invalid "
                                                          "reply is asked again up to 2 times, then the item fails)")

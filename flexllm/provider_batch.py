@@ -90,6 +90,10 @@ class ProviderBatchJob:
         if self.metadata_list is not None and len(self.metadata_list) != total:
             raise ValueError(f"metadata_list has {len(self.metadata_list)} entries but messages_list has {total}; "
                              "they must be the same length")
+        if dry_run and not os.path.exists(self.output_file):  # a dry run on a new job creates no file
+            self.checkpoint = Checkpoint(self.output_file)
+            self.ledger = Ledger(self.checkpoint.path + ".batches")
+            return self._dry_run()
         self.checkpoint = Checkpoint(self.output_file).open()
         clean = False
         try:
@@ -315,7 +319,9 @@ class ProviderBatchJob:
             try:
                 file_id = self.api.upload(path, tag) if self.api.uploads_file else None
             except LLMError as exc:
-                self._submit_failed(chunk, f"upload failed: {exc}", exc)
+                hint = " (this server has no Batch API: run without --provider-batch)" \
+                    if isinstance(exc, NotFoundError) else ""
+                self._submit_failed(chunk, f"upload failed: {exc}{hint}", exc)
                 return
             self.ledger.append("intent", tag, provider=self.api.name, model=self.model,
                                indexes=format_ranges(chunk), n=len(chunk), bytes=size, file_id=file_id)
@@ -426,18 +432,25 @@ class ProviderBatchJob:
         return out
 
     def _dry_run(self) -> Dict[str, Any]:
+        """What a run would submit and its price at the batch rate (replies bounded by max_tokens, if given)."""
         from .pricing import estimate_batch_cost
 
         busy = self.ledger.busy_indexes()
         todo = [i for i in range(len(self.messages)) if i not in self.checkpoint.done and i not in busy]
-        est = estimate_batch_cost((self.messages[i] for i in todo), model=self.model)
+        est = estimate_batch_cost((self.messages[i] for i in todo), model=self.model,
+                                  avg_output_tokens=int(self.params.get("max_tokens") or 0))
         cap = min(self.api.MAX_REQUESTS, self.max_requests or self.api.MAX_REQUESTS)
-        price = get_model_pricing(self.model)
-        return {"dry_run": True, "provider": self.api.name, "model": self.model, "total": len(self.messages),
-                "done": len(self.checkpoint.done), "in_flight": len(busy & set(range(len(self.messages)))),
-                "to_submit": len(todo), "batches": -(-len(todo) // cap), "input_tokens": est["input_tokens"],
-                "estimated_input_cost_usd": round(est["input_cost"] * BATCH_DISCOUNT, 6) if price else None,
-                "live_input_cost_usd": round(est["input_cost"], 6) if price else None}
+        priced = get_model_pricing(self.model) is not None
+        out: Dict[str, Any] = {
+            "dry_run": True, "provider": self.api.name, "model": self.model, "total": len(self.messages),
+            "done": len(self.checkpoint.done), "in_flight": len(busy & set(range(len(self.messages)))),
+            "to_submit": len(todo), "batches": -(-len(todo) // cap), "input_tokens": est["input_tokens"],
+            "estimated_input_cost_usd": round(est["input_cost"] * BATCH_DISCOUNT, 8) if priced else None,
+            "live_input_cost_usd": round(est["input_cost"], 8) if priced else None}
+        if est["estimated_output_tokens"] and priced:
+            out["estimated_cost_usd"] = round(est["estimated_cost_usd"] * BATCH_DISCOUNT, 8)
+            out["live_cost_usd"] = round(est["estimated_cost_usd"], 8)
+        return out
 
 
 def _valid(messages: Any) -> bool:

@@ -425,3 +425,12 @@ def test_anthropic_results_url_on_another_host_never_receives_the_key():
     for results_url in ("https://elsewhere.example/steal", "https://api.anthropic.com/v1/messages/batches/b1/results"):
         list(api.results("b1", BatchState("completed", "ended", "b1", raw={"results_url": results_url}), []))
     assert urls == ["https://api.anthropic.com/v1/messages/batches/b1/results"] * 2
+
+
+def test_server_without_a_batch_api_is_a_clear_failure(server, tmp_path, caplog_flexllm):
+    out = str(tmp_path / "o.jsonl")
+    with LLMClient(model="m", base_url=server.url + "/nothing-here", retry_times=0) as client:
+        summary = client.submit_batch(prompts(2), output_file=out)
+    assert summary["submit_failed"] == 2 and summary["in_flight"] == 0 and not summary["complete"]
+    assert "no Batch API" in caplog_flexllm.text
+    assert not [e for e in ledger(out) if e["event"] == "intent"]  # nothing half-submitted
