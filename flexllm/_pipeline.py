@@ -213,6 +213,8 @@ class Pipeline:
                     logger.warning("asking again (%d left): %s", reasks, exc.message)
         except LLMError as exc:
             exc.attempts = attempts  # type: ignore[attr-defined]  # the batch summary counts retries
+            if paid is not None:
+                exc.usage = paid  # type: ignore[attr-defined]  # invalid replies were paid for all the same
             raise
         if paid is not None:
             result.usage = paid  # every re-ask was paid for

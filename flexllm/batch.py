@@ -268,10 +268,12 @@ class BatchJob:
                 budget.settle(hold, 0.0)
             return None
         except Exception as exc:  # recorded as this item's error; the batch goes on
+            paid = getattr(exc, "usage", None) if isinstance(getattr(exc, "usage", None), dict) else None
+            cost = request_cost(paid, self._priced(model))  # replies that failed validation were paid for
             if hold is not None:
-                budget.settle(hold, 0.0)
+                budget.settle(hold, cost, paid)
             attempts = getattr(exc, "attempts", 1)
-            item = BatchResultItem(index, None, None, "error", f"{type(exc).__name__}: {exc}",
+            item = BatchResultItem(index, None, paid, "error", f"{type(exc).__name__}: {exc}",
                                    time.perf_counter() - started, meta, attempts=attempts, params=plain)
             with self._lock:
                 self.retries += max(0, attempts - 1)
@@ -281,7 +283,7 @@ class BatchJob:
                     logger.error("stopping the batch early: %s (finished results are kept; rerun later to "
                                  "resume)", exc)
                     self._stop.set()
-                self._record(item, checkpoint, progress, messages)
+                self._record(item, checkpoint, progress, messages, cost)
             return item
         r: ChatCompletionResult = outcome.result
         cost = 0.0 if outcome.cached else request_cost(r.usage, self._priced(model))
@@ -327,7 +329,7 @@ class BatchJob:
         status = "resumed" if item.resumed else ("failed" if item.status == "error" else item.status)
         self.counts[status] += 1
         self.cost += cost
-        if item.status == "success" and item.usage and not item.resumed:  # tokens paid in this run only
+        if item.status != "cached" and item.usage and not item.resumed:  # tokens paid in this run only
             for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
                 value = item.usage.get(key)
                 if isinstance(value, int):

@@ -137,14 +137,16 @@ class ContentBlockedError(LLMError):
 class ResponseValidationError(LLMError):
     """The reply is not valid JSON for the requested response schema, even after the re-asks.
 
-    `error` is the first validation error, `reply` the first 200 characters of the last reply. Not a
-    ResponseParseError: the transport worked, so neither the retry loop nor a pool's failover repeats it.
+    `error` is the first validation error, `reply` the first 200 characters of the last reply, `usage` the
+    tokens of every reply it took (they were paid for). Not a ResponseParseError: the transport worked, so
+    neither the retry loop nor a pool's failover repeats it.
     """
 
     def __init__(self, message: str, *, error: str = "", reply: str = "", provider: Optional[str] = None,
                  model: Optional[str] = None) -> None:
         self.error = error
         self.reply = reply
+        self.usage: Optional[dict] = None
         super().__init__(message, provider=provider, model=model)
 
 

@@ -160,6 +160,12 @@ def test_valid_json_failing_the_schema_never_lands_as_success(server, tmp_path):
     assert summary["errors"] == {"ResponseValidationError": 1} and summary["retries"] == 2
     [bad] = [r for r in read_records(out) if r["index"] == 0]
     assert bad["status"] == "error" and bad["attempts"] == 3 and "'old' is not of type 'integer'" in bad["error"]
+    one = res[1].usage
+    assert bad["usage"]["completion_tokens"] == 3 * 2  # three paid replies of two words each
+    assert summary["completion_tokens"] == bad["usage"]["completion_tokens"] + one["completion_tokens"]
+    price = get_model_pricing(PRICED)
+    paid = (summary["prompt_tokens"] * price["input"] + summary["completion_tokens"] * price["output"])
+    assert summary["estimated_cost_usd"] == pytest.approx(paid)
 
 
 def test_cached_replies_are_validated_too(server, tmp_path):
