@@ -257,7 +257,9 @@ class BatchJob:
             if hold is None:
                 self._stop_for_budget()
                 return None
-            if self._stop.is_set():  # the batch stopped while this one waited for the first reply
+            # stopped for another reason (Ctrl-C, quota) while it waited for the first reply: do not start;
+            # a reservation that fits is kept even when another item was just refused by the cap
+            if self._stop.is_set() and self.stopped_reason != "budget":
                 budget.settle(hold, 0.0)
                 return None
         started = time.perf_counter()
