@@ -27,6 +27,7 @@ from .errors import (
 from .parsing import extract_code_snippets, parse_to_code, parse_to_obj
 from .pool import LLMClientPool
 from .pricing import MODEL_PRICING, estimate_batch_cost, estimate_cost
+from .ratelimit import RateLimit, RateLimitStoreError
 from .router import ProviderConfig, ProviderRouter, create_router_from_urls
 from .tokens import count_messages_tokens, count_tokens
 from .types import BatchResultItem, ChatCompletionResult, StreamEvent
@@ -54,7 +55,9 @@ __all__ = [
     "ProviderConfig",
     "ProviderRouter",
     "QuotaExceededError",
+    "RateLimit",
     "RateLimitError",
+    "RateLimitStoreError",
     "RefusalError",
     "ResponseCacheConfig",
     "ResponseParseError",

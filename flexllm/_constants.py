@@ -16,9 +16,10 @@ JITTER_MIN = 0.75
 #: statuses retried besides >= 500
 RETRY_STATUSES = frozenset({408, 409, 429})
 
-#: the limiter spaces request starts by (1 + this) / max_qps so that network jitter of up to
-#: this fraction of a second still never shows the server more than max_qps starts in one second
-QPS_SAFETY_MARGIN = 0.02
+#: the limiter spaces request starts by (1 + this) / max_qps so that arrival jitter of up to this many
+#: seconds (scheduling on a loaded host, the network) still never shows the server more than max_qps
+#: starts in one second; it costs the same fraction of throughput (96% of max_qps is used)
+QPS_SAFETY_MARGIN = 0.04
 
 #: batch: items in flight or queued per worker (bounded memory on huge batches)
 BATCH_WINDOW_PER_WORKER = 2

@@ -13,23 +13,30 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import _cancel
+from ._limiter import AdaptiveWindow, BudgetStats, Limiter, Reservation, TokenNeed, limiter_for, take_turns
 from ._logging import get_logger
+from ._stores import MemoryStore
 from .config import ResponseCacheConfig
-from .errors import LLMError, ResponseParseError, ResponseValidationError, StreamTruncatedError
+from .errors import LLMError, RateLimitError, ResponseParseError, ResponseValidationError, StreamTruncatedError
 from ._netconfig import TransportOptions
 from .http import Transport
 from .providers.base import ProviderAdapter, RequestSpec, StreamReply
-from .ratelimit import TokenBucket
+from .ratelimit import RateLimit
 from .retry import RetryPolicy, is_retryable
-from .structured import ResponseSchema, fill_parsed, prepare, response_schema
+from .structured import ResponseSchema, fill_parsed, prepare
 from .types import ChatCompletionResult, StreamEvent
 
 if TYPE_CHECKING:
     from .cache import ResponseCache
 
-__all__ = ["Outcome", "Pipeline", "add_usage", "result_from_hit", "wire_params"]
+__all__ = ["Outcome", "Pipeline", "add_usage", "wire_params"]
 
 logger = get_logger("flexllm")
+
+#: an open stream: (closer, the rest of its events, its first event, its budget reservations)
+Opened = Tuple[contextlib.ExitStack, Iterator[StreamEvent], Optional[StreamEvent], List[Reservation]]
+#: a pool's retry loop standing in for the pipeline's own: `via(params)` → (result, raw, attempts made)
+Via = Callable[[Dict[str, Any]], Tuple[ChatCompletionResult, dict, int]]
 
 
 @dataclass
@@ -62,20 +69,6 @@ def is_answer(result: ChatCompletionResult) -> bool:
     return bool(result.content or result.tool_calls)
 
 
-def result_from_hit(entry: dict, params: Dict[str, Any], model: str = "") -> Optional[ChatCompletionResult]:
-    """A cache entry as a result, parsed against `params`' response_format schema; None when it does not fit
-    (the caller asks the provider again, and the valid reply replaces the entry)."""
-    result = result_from_cache(entry)
-    fmt = params.get("response_format")
-    schema = response_schema(fmt) if fmt is not None else None
-    if schema is not None:
-        try:
-            fill_parsed(result, schema, model=model)
-        except ResponseValidationError:
-            return None
-    return result
-
-
 def cache_entry(result: ChatCompletionResult) -> dict:
     """The JSON-able cache value of a result (never any request data or secret)."""
     return {"content": result.content, "usage": result.usage, "reasoning_content": result.reasoning_content,
@@ -104,7 +97,7 @@ def add_usage(total: Optional[dict], usage: Optional[dict]) -> Optional[dict]:
 
 
 class Pipeline:
-    """Runs requests for one client. Thread-safe: slots, bucket, transport and cache each own a lock."""
+    """Runs requests for one client. Thread-safe: slots, budgets, transport and cache each own a lock."""
 
     def __init__(self, adapter: ProviderAdapter, *, timeout: float, concurrency_limit: int,
                  max_qps: Optional[float], retry_times: int, retry_delay: float,
@@ -112,13 +105,27 @@ class Pipeline:
                  sleep: Callable[[float], None] = _cancel.sleep,
                  transport: Optional[Transport] = None,
                  retryable: Callable[[BaseException], bool] = is_retryable,
-                 options: Optional[TransportOptions] = None) -> None:
+                 rate_limit: Optional[RateLimit] = None, options: Optional[TransportOptions] = None) -> None:
         if concurrency_limit < 1:
             raise ValueError(f"concurrency_limit must be >= 1, got {concurrency_limit!r}")
+        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise TypeError(f"rate_limit must be a flexllm.RateLimit, got {type(rate_limit).__name__}")
         self.adapter = adapter
         self.concurrency_limit = int(concurrency_limit)
         self._slots = threading.BoundedSemaphore(self.concurrency_limit)
-        self.bucket = TokenBucket(max_qps, sleep=sleep) if max_qps else None
+        limiters: List[Limiter] = []
+        if max_qps:  # the client's own max_qps: a private in-process budget, as before RateLimit existed
+            limiters.append(Limiter(RateLimit(max_qps=max_qps, shared="memory", name="max_qps"),
+                                    store=MemoryStore()))
+        if rate_limit is not None:
+            limiters.append(limiter_for(rate_limit))
+        self.limiters: Tuple[Limiter, ...] = tuple(limiters)
+        #: AIMD window on requests in flight when a RateLimit asks for it (adaptive=True), else None
+        self.window = AdaptiveWindow(self.concurrency_limit) \
+            if rate_limit is not None and rate_limit.adaptive else None
+        self.budget_stats = BudgetStats()
+        self._sleep = sleep
+        self._timeout = float(timeout)
         self.retry = RetryPolicy(retry_times, retry_delay, sleep=sleep, retryable=retryable)
         self._options = options
         redact = adapter.redact if options is None else (lambda text: options.redact(adapter.redact(text)))
@@ -163,12 +170,70 @@ class Pipeline:
         hits = cache.get_many(keys)
         return [hits.get(k) for k in keys]
 
+    # -- the rate budget ------------------------------------------------------------------------------
+    def token_need(self, messages: List[dict], model: str, params: Dict[str, Any],
+                   extra: Sequence[Limiter] = ()) -> Optional[TokenNeed]:
+        """(prompt tokens, max_tokens) when a budget counts tokens, else None; ValueError (before anything
+        is sent) when the request could never fit in a budget's minute."""
+        limiters = self.limiters + tuple(extra)
+        if not any(limiter.counts_tokens for limiter in limiters):
+            return None
+        from .tokens import count_messages_tokens
+
+        max_out = params.get("max_tokens") or params.get("max_completion_tokens")
+        need = (count_messages_tokens(messages, model), int(max_out) if isinstance(max_out, (int, float)) else None)
+        for limiter in limiters:
+            limiter.check(need)
+        return need
+
+    def _start(self, need: Optional[TokenNeed], extra: Sequence[Limiter],
+               on_start: Optional[Callable[[], None]]) -> List[Reservation]:
+        """Take every budget's start right before the request goes out; returns the reservations.
+
+        `on_start` runs once the starts are reserved (a pool may then offer this endpoint to others)."""
+        limiters = tuple(extra) + self.limiters
+        reservations = [lim.reserve(need, timeout=self._timeout, sleep=self._sleep) for lim in limiters] \
+            if limiters else []
+        if on_start is not None:
+            on_start()
+        if reservations:
+            take_turns(reservations, self._sleep)
+        return reservations
+
+    def _settle(self, reservations: List[Reservation], *, usage: Optional[dict] = None,
+                headers: Optional[Any] = None, error: Optional[BaseException] = None, final: bool = True) -> None:
+        """Tell every budget how the request went (tokens used, provider headers, a 429's delay)."""
+        limited = isinstance(error, RateLimitError)
+        used = 0
+        for r in reservations:
+            used = max(used, r.limiter.settle(r, usage=usage, headers=headers, error=error, final=final))
+        if reservations and final:
+            self.budget_stats.add(wait_s=max(r.waited for r in reservations),
+                                  reserved=max(r.tokens for r in reservations), used=used, rate_limited=int(limited))
+        elif limited:
+            self.budget_stats.add(rate_limited=1)
+
+    def budget_snapshot(self) -> Dict[str, float]:
+        """Budget counters so far: seconds waited, tokens reserved/used, 429s seen (a batch diffs two)."""
+        return self.budget_stats.snapshot()
+
+    def budget_status(self) -> str:
+        """A short progress-line note: the adaptive window and the budget's waits and 429s ("" if none)."""
+        if not self.limiters and self.window is None:
+            return ""
+        snap = self.budget_stats.snapshot()
+        parts = [f"window {self.window.window}/{self.window.limit}"] if self.window is not None else []
+        parts.append(f"budget wait {snap['budget_wait_s']:.1f}s")
+        if snap["rate_limited_429"]:
+            parts.append(f"429s {snap['rate_limited_429']}")
+        return ", ".join(parts)
+
     # -- single request ------------------------------------------------------------------------------
     def complete(self, messages: List[dict], model: str, params: Dict[str, Any], *, skip_cache: bool = False,
-                 read_cache: bool = True, token_taken: bool = False) -> Outcome:
+                 read_cache: bool = True, via: Optional[Via] = None) -> Outcome:
         """One reply, from the cache or the provider (with retries). Raises a typed LLMError on failure.
 
-        `token_taken`: the caller (a pool) already took this request's first rate-limit token.
+        `via`: a pool's retry loop over its endpoints runs the attempts instead of this pipeline's own.
         With a schema `response_format` the reply is validated (`result.parsed`); an invalid reply is asked
         again — a new request with its own transport retries — up to `validation_retries` times, never
         cached, and counted in `attempts` and in the usage paid.
@@ -188,18 +253,33 @@ class Pipeline:
                     result = result_from_cache(entry)
                     if schema is None or self._parsed(result, schema, model, quiet=True):
                         return Outcome(result, None, True, 0, time.perf_counter() - started)
-        spec = self.adapter.build_request(messages, model, params)
         attempts = 0
+        if via is None:
+            spec = self.adapter.build_request(messages, model, params)
+            need = self.token_need(messages, model, params)
 
-        def attempt() -> Tuple[ChatCompletionResult, dict]:
-            nonlocal attempts
-            attempts += 1
-            return self._attempt(spec, model, take_token=attempts > 1 or not token_taken)
+            def attempt() -> Tuple[ChatCompletionResult, dict]:
+                nonlocal attempts
+                attempts += 1
+                return self._attempt(spec, model, need)
+
+            def run() -> Tuple[ChatCompletionResult, dict]:
+                return self.retry.call(attempt)
+        else:
+            def run() -> Tuple[ChatCompletionResult, dict]:
+                nonlocal attempts
+                try:
+                    result, raw, n = via(params)
+                except LLMError as exc:
+                    attempts += getattr(exc, "attempts", 1)
+                    raise
+                attempts += n
+                return result, raw
 
         paid: Optional[dict] = None
         try:
             while True:
-                result, raw = self.retry.call(attempt)
+                result, raw = run()
                 if schema is None:
                     break
                 paid = add_usage(paid, result.usage)
@@ -232,46 +312,79 @@ class Pipeline:
             raise
         return True
 
-    def _attempt(self, spec: RequestSpec, model: str, take_token: bool = True) -> Tuple[ChatCompletionResult, dict]:
+    def attempt(self, messages: List[dict], model: str, params: Dict[str, Any], need: Optional[TokenNeed], *,
+                extra: Sequence[Limiter] = (), on_start: Optional[Callable[[], None]] = None
+                ) -> Tuple[ChatCompletionResult, dict]:
+        """Exactly one HTTP attempt (no retry, no cache): the pool's unit of work on an endpoint."""
+        return self._attempt(self.adapter.build_request(messages, model, params), model, need, extra, on_start)
+
+    def store(self, messages: List[dict], model: str, params: Dict[str, Any], result: ChatCompletionResult) -> None:
+        """Put a live result in the cache (when one is configured)."""
+        cache = self.cache
+        if cache is not None:
+            cache.set(self.cache_key(messages, model, params), cache_entry(result))
+
+    def _attempt(self, spec: RequestSpec, model: str, need: Optional[TokenNeed] = None,
+                 extra: Sequence[Limiter] = (), on_start: Optional[Callable[[], None]] = None
+                 ) -> Tuple[ChatCompletionResult, dict]:
         request = self.transport.prepare(spec, model=model)
+        window = self.window
+        ticket = window.enter() if window is not None else 0
+        limited = False
         scope = _cancel.current()
         slots = self._slots
-        slots.acquire()
-        abandon = scope is not None and scope.abandon
-        if abandon:
-            scope.hold(slots)  # a cancelled await hands this slot back at once (see _cancel.Scope)
         try:
-            if self.bucket is not None and take_token:
-                self.bucket.acquire()
-            if scope is not None and scope.event.is_set():
-                raise _cancel.Interrupted("stopped before the request was sent")
-            status, headers, body = self.transport.send(request, model=model)
-        finally:
+            slots.acquire()
+            abandon = scope is not None and scope.abandon
             if abandon:
-                scope.release(slots)
-            else:
-                slots.release()
-        if not 200 <= status < 300:
-            error = self.adapter.map_error(status, self._decode_error(body), headers, model=model)
-            del body  # the raw body may echo the key: keep it out of the traceback's locals
-            raise error
-        try:
-            data = json.loads(body)
-        except ValueError:
-            text = self.adapter.redact(body[:65536].decode("utf-8", "replace"))
-            raise ResponseParseError(f"HTTP {status} reply is not valid JSON: {text[:200]!r}",
-                                     provider=self.adapter.name, model=model) from None
-        if not isinstance(data, dict):
-            raise ResponseParseError(f"HTTP {status} reply is not a JSON object", provider=self.adapter.name,
-                                     model=model)
-        return self.adapter.parse_response(data, model=model), data
+                scope.hold(slots)  # a cancelled await hands this slot back at once (see _cancel.Scope)
+            try:
+                reservations = self._start(need, extra, on_start)
+                try:
+                    if scope is not None and scope.event.is_set():
+                        raise _cancel.Interrupted("stopped before the request was sent")
+                    status, headers, body = self.transport.send(request, model=model)
+                except BaseException as exc:
+                    if reservations:
+                        self._settle(reservations, error=exc)
+                    raise
+            finally:
+                if abandon:
+                    scope.release(slots)
+                else:
+                    slots.release()
+            if not 200 <= status < 300:
+                error = self.adapter.map_error(status, self._decode_error(body), headers, model=model)
+                del body  # the raw body may echo the key: keep it out of the traceback's locals
+                limited = isinstance(error, RateLimitError)
+                self._settle(reservations, headers=headers, error=error)
+                raise error
+            try:
+                data = json.loads(body)
+            except ValueError:
+                text = self.adapter.redact(body[:65536].decode("utf-8", "replace"))
+                raise ResponseParseError(f"HTTP {status} reply is not valid JSON: {text[:200]!r}",
+                                         provider=self.adapter.name, model=model) from None
+            if not isinstance(data, dict):
+                raise ResponseParseError(f"HTTP {status} reply is not a JSON object", provider=self.adapter.name,
+                                         model=model)
+            result = self.adapter.parse_response(data, model=model)
+            if reservations:
+                self._settle(reservations, usage=result.usage, headers=headers)
+            return result, data
+        finally:
+            if window is not None:
+                window.leave(ticket, limited)
 
     # -- streaming -----------------------------------------------------------------------------------
     def stream(self, messages: List[dict], model: str, params: Dict[str, Any], *,
-               skip_cache: bool = False, token_taken: bool = False) -> Iterator[StreamEvent]:
+               skip_cache: bool = False,
+               via: Optional[Callable[[Dict[str, Any], Optional[str]], Iterator[StreamEvent]]] = None
+               ) -> Iterator[StreamEvent]:
         """Events of one streamed reply. Retries happen only before the first event is yielded.
 
-        A schema `response_format` is sent in its wire form; streamed text is not validated.
+        A schema `response_format` is sent in its wire form; streamed text is not validated. `via`: a
+        pool's loop opens the stream on one of its endpoints instead (given the params and cache key).
         """
         params = wire_params(params)
         cache = None if skip_cache else self.cache
@@ -286,15 +399,24 @@ class Pipeline:
                                   tool_calls=[dict(c, index=i) for i, c in enumerate(result.tool_calls or ())] or None,
                                   result=result)
                 return
+        if via is not None:
+            yield from via(params, key)
+            return
         spec = self.adapter.build_request(messages, model, params, stream=True)
-        opens = 0
+        need = self.token_need(messages, model, params)
+        opened = self.retry.call(lambda: self._open_stream(spec, model, need))
+        yield from self.relay(opened, model, key)
 
-        def open_stream() -> Tuple[contextlib.ExitStack, Iterator[StreamEvent], Optional[StreamEvent]]:
-            nonlocal opens
-            opens += 1
-            return self._open_stream(spec, model, take_token=opens > 1 or not token_taken)
+    def attempt_stream(self, messages: List[dict], model: str, params: Dict[str, Any], need: Optional[TokenNeed],
+                       *, extra: Sequence[Limiter] = (), on_start: Optional[Callable[[], None]] = None) -> "Opened":
+        """Open one stream (one HTTP attempt, no retry): the pool's unit of work; finish with `relay`."""
+        spec = self.adapter.build_request(messages, model, params, stream=True)
+        return self._open_stream(spec, model, need, extra, on_start)
 
-        stack, events, first = self.retry.call(open_stream)
+    def relay(self, opened: "Opened", model: str, key: Optional[str] = None) -> Iterator[StreamEvent]:
+        """Yield an opened stream's events, settle its budgets, close it, cache the whole reply, and end
+        with a `done` event carrying the result."""
+        stack, events, first, reservations = opened
         reply = StreamReply()
         try:
             event: Optional[StreamEvent] = first
@@ -304,28 +426,45 @@ class Pipeline:
                 event = next(events, None)
         finally:
             stack.close()
+            if reservations:
+                self._settle(reservations, usage=reply.usage)
         result = self.adapter.stream_result(reply, model=model)  # raises for a blocked or refused reply
-        if key is not None and is_answer(result):
+        cache = self.cache
+        if key is not None and cache is not None and is_answer(result):
             cache.set(key, cache_entry(result))
         yield StreamEvent(done=True, result=result)
 
-    def _open_stream(self, spec: RequestSpec, model: str, take_token: bool = True
-                     ) -> Tuple[contextlib.ExitStack, Iterator[StreamEvent], Optional[StreamEvent]]:
+    def _open_stream(self, spec: RequestSpec, model: str, need: Optional[TokenNeed] = None,
+                     extra: Sequence[Limiter] = (), on_start: Optional[Callable[[], None]] = None) -> "Opened":
         stack = contextlib.ExitStack()
+        window = self.window
+        if window is not None:
+            ticket = window.enter()
+            outcome = {"limited": False}
+            stack.callback(lambda: window.leave(ticket, outcome["limited"]))
         self._slots.acquire()
         stack.callback(self._slots.release)
+        reservations: List[Reservation] = []
         try:
-            if self.bucket is not None and take_token:
-                self.bucket.acquire()
+            reservations = self._start(need, extra, on_start)
             _cancel.check()
             status, headers, lines = stack.enter_context(self.transport.stream(spec, model=model))
             if not 200 <= status < 300:
-                raise self.adapter.map_error(status, self._decode_error(Transport.read_body(lines)), headers,
-                                             model=model)
+                error = self.adapter.map_error(status, self._decode_error(Transport.read_body(lines)), headers,
+                                               model=model)
+                if window is not None:
+                    outcome["limited"] = isinstance(error, RateLimitError)
+                self._settle(reservations, headers=headers, error=error)
+                reservations = []
+                raise error
+            if reservations:
+                self._settle(reservations, headers=headers, final=False)  # the tokens when the stream ends
             events = self._events(lines, model)
             first = next(events, None)  # errors up to the first event are retried by the caller
-            return stack, events, first
-        except BaseException:
+            return stack, events, first, reservations
+        except BaseException as exc:
+            if reservations:
+                self._settle(reservations, error=exc)
             stack.close()
             raise
 

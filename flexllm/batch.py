@@ -51,6 +51,7 @@ class BatchJob:
         self.params_list = params_list
         self.max_cost_usd = max_cost_usd
         self.budget: Optional[CostBudget] = None
+        self.rate_budget: Dict[str, float] = {}  # the rate budget during this run (waits, tokens, 429s)
         self.cost = 0.0
         self.runner = runner
         self.model = model
@@ -121,6 +122,8 @@ class BatchJob:
             "retries": self.retries,
             "errors": dict(self.errors),
         }
+        for key, value in self.rate_budget.items():
+            out[key] = round(value, 3) if isinstance(value, float) else value
         if self.stopped_reason:
             out["stopped_reason"] = self.stopped_reason
         return out
@@ -130,8 +133,11 @@ class BatchJob:
         started = time.perf_counter()
         workers = max(1, int(self.runner.concurrency_limit))
         window = workers * BATCH_WINDOW_PER_WORKER
+        snapshot = getattr(self.runner, "budget_snapshot", dict)
+        rate_budget_at_start = snapshot()
         progress = BatchProgress(self.total, enabled=self.show_progress,
-                                 show_cost=self.budget is not None or get_model_pricing(self._priced(self.model)) is not None)
+                                 show_cost=self.budget is not None or get_model_pricing(self._priced(self.model)) is not None,
+                                 status=getattr(self.runner, "budget_status", None))
         done_q: "queue.SimpleQueue[Future]" = queue.SimpleQueue()
         executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flexllm-batch",
                                       initializer=_cancel.bind, initargs=(self._scope,))
@@ -178,6 +184,7 @@ class BatchJob:
                 self.stopped_reason = "cancelled"
             executor.shutdown(wait=not interrupted, cancel_futures=True)
             self._elapsed = time.perf_counter() - started
+            self.rate_budget = {k: v - rate_budget_at_start.get(k, 0) for k, v in snapshot().items()}
             with self._lock:
                 self._closed = True
             progress.close()

@@ -18,6 +18,7 @@ from .providers.base import ProviderAdapter
 from .providers.anthropic import split_claude_thoughts
 from .providers.openai import split_thoughts
 from .providers.registry import make_adapter
+from .ratelimit import RateLimit
 from .types import StreamEvent
 
 __all__ = ["ClaudeClient", "GeminiClient", "LLMClient", "OpenAIClient"]
@@ -34,17 +35,20 @@ class _BaseClient(ClientAPI):
     def __init__(self, adapter: ProviderAdapter, *, model: Optional[str], cache: Optional[ResponseCacheConfig],
                  concurrency_limit: int, max_qps: Optional[float], retry_times: int, retry_delay: float,
                  timeout: float, sleep: Callable[[float], None] = _cancel.sleep,
-                 retryable: Optional[Callable[[BaseException], bool]] = None, proxy: Optional[str] = None,
-                 verify: Any = True, http2: bool = False) -> None:
+                 retryable: Optional[Callable[[BaseException], bool]] = None,
+                 rate_limit: Optional[RateLimit] = None, proxy: Optional[str] = None, verify: Any = True,
+                 http2: bool = False) -> None:
         if cache is not None and not isinstance(cache, ResponseCacheConfig):
             raise TypeError("cache must be a ResponseCacheConfig, e.g. ResponseCacheConfig.with_ttl(3600)")
         self.model = model
         self.concurrency_limit = int(concurrency_limit)
         self.max_qps = max_qps
+        #: the shared rate budget given as rate_limit= (max_qps= is a private one), or None
+        self.rate_limit = rate_limit
         self.adapter = adapter
         self._pipeline = Pipeline(adapter, timeout=timeout, concurrency_limit=concurrency_limit, max_qps=max_qps,
                                   retry_times=retry_times, retry_delay=retry_delay, cache=cache, sleep=sleep,
-                                  options=TransportOptions(proxy, verify, http2),
+                                  rate_limit=rate_limit, options=TransportOptions(proxy, verify, http2),
                                   **({"retryable": retryable} if retryable else {}))
 
     @property
@@ -178,7 +182,9 @@ class LLMClient(_BaseClient):
     `use_vertex_ai=True`, or a `gemini-*` model given no base_url; Anthropic for anthropic.com URLs or a
     `claude-*` model given no base_url; OpenAI-compatible otherwise. Gemini-only options
     (project_id, location, use_vertex_ai, access_token, credentials) and `thinking` are accepted as
-    keywords.
+    keywords. Every client takes `rate_limit=RateLimit(...)`: a budget of request starts and tokens
+    shared by every client given the same RateLimit — in this process, or across processes and hosts
+    through a SQLite file or Redis (`max_qps=` stays a private per-client limit).
     """
 
     def __init__(self, model: str, base_url: Optional[str] = None, api_key: str = "EMPTY", provider: str = "auto",

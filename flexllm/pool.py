@@ -2,21 +2,37 @@
 
 Every method of LLMClient is here (from `ClientAPI`). A batch runs one shared window of work; each
 request takes a free slot on a healthy endpoint (so a faster endpoint, freeing slots sooner, takes
-more items), and each endpoint keeps its own concurrency and QPS limits. With `fallback=True` a request
-that fails on one endpoint moves to another at once (no backoff while an untried endpoint is left).
+more items), and each endpoint keeps its own concurrency and rate limits; `rate_limit=` adds one
+budget across all endpoints. A call runs in ONE retry loop (`LLMClientPool._run`; the endpoints' own
+retry policies are not used through the pool): an endpoint retries transient answers itself, a dead
+one hands over at once, and one call makes at most `retry_times + 1` attempts per endpoint it tries,
+reported truly.
+An endpoint's permanent failures (bad key, exhausted quota, model it does not serve) take it out of
+the call: when every endpoint is out, the call fails at once with an error naming each failure.
 """
 from __future__ import annotations
 
 import threading
-import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from . import _cancel
 from ._api import ClientAPI
+from ._limiter import Limiter, limiter_for
 from ._logging import get_logger
-from ._pipeline import Outcome, Pipeline, result_from_hit
+from ._pipeline import Outcome, Pipeline
 from .client import LLMClient, _BaseClient
 from .config import ResponseCacheConfig
-from .errors import APIConnectionError, AuthenticationError, LLMError, NotFoundError, QuotaExceededError
+from .errors import (
+    APIConnectionError,
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    LLMError,
+    NotFoundError,
+    QuotaExceededError,
+    RateLimitError,
+)
+from .ratelimit import RateLimit
 from .retry import is_retryable, retry_wait
 from .router import ProviderConfig, ProviderRouter
 from .types import StreamEvent
@@ -25,9 +41,26 @@ __all__ = ["LLMClientPool"]
 
 logger = get_logger("flexllm")
 
-_ENDPOINT_KEYS = {"base_url", "api_key", "model", "provider", "weight", "concurrency_limit", "max_qps", "proxy",
-                  "verify", "http2"}
+_ENDPOINT_KEYS = {"base_url", "api_key", "model", "provider", "weight", "concurrency_limit", "max_qps",
+                  "rate_limit", "proxy", "verify", "http2"}
 _SLOT_WAIT = 0.5  # seconds between re-checks while every healthy endpoint is busy
+_MODEL_MISSING = ("model_not_found", "invalid model", "model not found", "no such model", "unknown model",
+                  "does not exist", "not supported", "is not available", "not found")
+
+
+def model_missing(exc: BaseException) -> bool:
+    """A 400/404 saying this endpoint does not serve the model (another endpoint may)."""
+    if isinstance(exc, NotFoundError):
+        return True
+    if not isinstance(exc, BadRequestError):
+        return False
+    text = f"{exc.code or ''} {exc.message}".lower()
+    return "model" in text and any(marker in text for marker in _MODEL_MISSING)
+
+
+def permanent(exc: BaseException) -> bool:
+    """A failure this endpoint will repeat for this call: bad key, exhausted quota, model not served."""
+    return isinstance(exc, (AuthenticationError, QuotaExceededError)) or model_missing(exc)
 
 
 def _retry_here(exc: BaseException) -> bool:
@@ -35,9 +68,68 @@ def _retry_here(exc: BaseException) -> bool:
     return is_retryable(exc) and not isinstance(exc, APIConnectionError)
 
 
-def _fails_over(exc: BaseException) -> bool:
-    """Errors another endpoint may not have: transient ones, and this endpoint's key/model/quota problems."""
-    return is_retryable(exc) or isinstance(exc, (AuthenticationError, NotFoundError, QuotaExceededError))
+def fails_over(exc: BaseException) -> bool:
+    """Errors another endpoint may not have: transient ones and this endpoint's permanent ones."""
+    return is_retryable(exc) or permanent(exc)
+
+
+def _rank(exc: BaseException) -> int:
+    """How much an error tells the user (higher = more): a server's answer beats a dead socket."""
+    for rank, kind in enumerate((QuotaExceededError, RateLimitError, AuthenticationError, NotFoundError,
+                                 BadRequestError, APIStatusError)):
+        if isinstance(exc, kind):
+            return 20 - rank
+    return 1 if isinstance(exc, APIConnectionError) else 5
+
+
+def combined_error(errors: Dict[str, LLMError], attempts: int) -> LLMError:
+    """One error for a call every endpoint failed: the most informative one's type and details, a message
+    naming each endpoint's failure, the most informative as `__cause__`, all in `.endpoint_errors`."""
+    best = max(errors.values(), key=_rank)
+    if len(errors) == 1:
+        best.attempts = attempts  # type: ignore[attr-defined]
+        best.endpoint_errors = dict(errors)  # type: ignore[attr-defined]
+        return best
+    parts = "; ".join(f"{url}: {type(e).__name__}: {e.message}" for url, e in errors.items())
+    message = f"all {len(errors)} endpoints failed — {parts}"
+    error = type(best).__new__(type(best))
+    error.__dict__.update(best.__dict__)
+    error.message = message
+    where = "/".join(p for p in (best.provider, best.model) if p)
+    error.args = (f"[{where}] {message}" if where else message,)
+    error.attempts = attempts  # type: ignore[attr-defined]
+    error.endpoint_errors = dict(errors)  # type: ignore[attr-defined]
+    error.__cause__ = best
+    return error
+
+
+class _Call:
+    """One call's state: what each endpoint answered last, which are out, attempts made (per endpoint)."""
+
+    __slots__ = ("errors", "out", "attempts", "used")
+
+    def __init__(self) -> None:
+        self.errors: Dict[str, LLMError] = {}
+        self.out: set = set()  # ids of endpoints that failed permanently for this call
+        self.attempts = 0
+        self.used: Dict[int, int] = {}  # id(endpoint) -> attempts it got
+
+
+class _Claim:
+    """Called by the pipeline right after an endpoint's budget start is taken: the next worker may choose
+    that endpoint again (before that, a second worker would only queue behind this one)."""
+
+    __slots__ = ("pool", "key", "fired")
+
+    def __init__(self, pool: "LLMClientPool", key: int) -> None:
+        self.pool, self.key, self.fired = pool, key, False
+
+    def __call__(self) -> None:
+        with self.pool._slots:
+            if not self.fired:
+                self.fired = True
+                if self.pool._starting[self.key] > 0:
+                    self.pool._starting[self.key] -= 1
 
 
 class LLMClientPool(ClientAPI):
@@ -49,6 +141,8 @@ class LLMClientPool(ClientAPI):
 
     `load_balance`: round_robin | weighted | random | fallback. An endpoint that fails
     `failure_threshold` times in a row rests `recovery_time` seconds, then gets one probe request.
+    `rate_limit=RateLimit(...)`: one budget across all endpoints (each endpoint's own `max_qps` /
+    `rate_limit` still apply too).
     """
 
     def __init__(self, endpoints: Optional[List[dict]] = None, clients: Optional[List[_BaseClient]] = None,
@@ -56,17 +150,21 @@ class LLMClientPool(ClientAPI):
                  recovery_time: float = 60.0, *, model: Optional[str] = None,
                  cache: Optional[ResponseCacheConfig] = None, retry_times: int = 3, retry_delay: float = 1.0,
                  timeout: float = 120, concurrency_limit: int = 50, max_qps: Optional[float] = None,
-                 router_options: Optional[Dict[str, Any]] = None, proxy: Optional[str] = None, verify: Any = True,
+                 rate_limit: Optional[RateLimit] = None, router_options: Optional[Dict[str, Any]] = None,
+                 sleep: Callable[[float], None] = _cancel.sleep, proxy: Optional[str] = None, verify: Any = True,
                  http2: bool = False) -> None:
         if bool(endpoints) == bool(clients):
             raise ValueError("give exactly one of endpoints=[{...}, ...] or clients=[...], and not an empty list")
+        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise TypeError(f"rate_limit must be a flexllm.RateLimit, got {type(rate_limit).__name__}")
         self.fallback = fallback
         self.retry_times = int(retry_times)
         self.retry_delay = float(retry_delay)
+        self.rate_limit = rate_limit
         self._clients: List[_BaseClient] = list(clients) if clients else [
             self._make_client(i, e, model=model, cache=cache, timeout=timeout, concurrency_limit=concurrency_limit,
-                              max_qps=max_qps, retry_times=retry_times, retry_delay=retry_delay,
-                              retryable=_retry_here if fallback else None, proxy=proxy, verify=verify, http2=http2)
+                              max_qps=max_qps, retry_times=retry_times, retry_delay=retry_delay, sleep=sleep,
+                              proxy=proxy, verify=verify, http2=http2)
             for i, e in enumerate(endpoints or [])]
         weights = [float(e.get("weight", 1.0)) for e in endpoints] if endpoints else [1.0] * len(self._clients)
         self._configs = [ProviderConfig(base_url=getattr(c.adapter, "base_url", "") or "", model=c.model,
@@ -76,8 +174,12 @@ class LLMClientPool(ClientAPI):
                                      recovery_time=recovery_time, **(router_options or {}))
         self.model = model or self._clients[0].model
         self.concurrency_limit = sum(c.concurrency_limit for c in self._clients)
+        self._limiters: Tuple[Limiter, ...] = (limiter_for(rate_limit),) if rate_limit is not None else ()
         self._busy = {id(cfg): 0 for cfg in self._configs}
+        self._starting = {id(cfg): 0 for cfg in self._configs}  # chosen, budget start not yet taken
+        self._last_failure: Dict[int, LLMError] = {}
         self._slots = threading.Condition()
+        self._sleep = sleep  # the pool's retry waits (each endpoint's own retry policy is not used here)
 
     @staticmethod
     def _make_client(i: int, endpoint: dict, *, model: Optional[str], **defaults: Any) -> LLMClient:
@@ -87,7 +189,7 @@ class LLMClientPool(ClientAPI):
         if unknown:
             raise ValueError(f"endpoints[{i}] has unknown keys {sorted(unknown)}; known: {sorted(_ENDPOINT_KEYS)}")
         options = dict(defaults)
-        for key in ("concurrency_limit", "max_qps", "proxy", "verify", "http2"):
+        for key in ("concurrency_limit", "max_qps", "rate_limit", "proxy", "verify", "http2"):
             if endpoint.get(key) is not None:
                 options[key] = endpoint[key]
         chosen = endpoint.get("model") or model
@@ -106,84 +208,151 @@ class LLMClientPool(ClientAPI):
 
     # -- endpoint choice -----------------------------------------------------------------------------
     def _has_slot(self, cfg: ProviderConfig) -> bool:
-        """A free concurrency slot, and a rate-limit token available now (a QPS-capped endpoint is busy)."""
-        client = self._client_of[id(cfg)]
-        if self._busy[id(cfg)] >= client.concurrency_limit:
+        """A free concurrency slot, and (on a rate-limited endpoint) a start free now that no other worker
+        is about to take: an endpoint whose budget would make the caller wait counts as busy."""
+        key = id(cfg)
+        client = self._client_of[key]
+        if self._busy[key] >= client.concurrency_limit:
             return False
-        bucket = client._pipeline.bucket
-        return bucket is None or bucket.delay() <= 0.0
+        limiters = client._pipeline.limiters
+        if not limiters:
+            return True
+        return self._starting[key] == 0 and all(lim.delay() <= 0.0 for lim in limiters)
 
     def _next_free_in(self) -> float:
         """How long until a rate-limited endpoint with a free slot can start (capped at _SLOT_WAIT)."""
-        waits = [c._pipeline.bucket.delay() for cfg, c in zip(self._configs, self._clients)
-                 if c._pipeline.bucket is not None and self._busy[id(cfg)] < c.concurrency_limit]
+        waits = [max(lim.delay() for lim in c._pipeline.limiters) for cfg, c in zip(self._configs, self._clients)
+                 if c._pipeline.limiters and self._busy[id(cfg)] < c.concurrency_limit]
         return min([_SLOT_WAIT] + [max(w, 0.001) for w in waits])
 
-    def _acquire(self, exclude: Sequence[ProviderConfig]) -> Tuple[ProviderConfig, bool]:
-        """A healthy endpoint with a free slot (not in `exclude` if another exists) and whether its first
-        rate-limit token was taken here; waits, never spins.
+    def _take(self, cfg: ProviderConfig) -> ProviderConfig:
+        self._busy[id(cfg)] += 1
+        if self._client_of[id(cfg)]._pipeline.limiters:
+            self._starting[id(cfg)] += 1
+        return cfg
 
-        The token is claimed under the pool's lock together with the slot, so two workers never both see a
-        rate-limited endpoint as free and then queue in its bucket.
-        """
+    def _acquire(self, call: _Call, only: Optional[ProviderConfig] = None) -> Optional[ProviderConfig]:
+        """An endpoint with attempts left for this call (untried ones first), with a free slot; None when
+        there is none. Waits for a slot; waits for a resting endpoint's recovery only before a call's first
+        attempt (later attempts probe it at once); fails at once when every endpoint is out for good."""
+        limit = self.retry_times + 1
+        if only is not None:
+            candidates = [only]
+        else:
+            left = [c for c in self._configs if id(c) not in call.out and call.used.get(id(c), 0) < limit]
+            untried = [c for c in left if id(c) not in call.used]
+            candidates = untried or left
+        if not candidates:
+            return None
+        ids = {id(c) for c in candidates}
+        others = [c for c in self._configs if id(c) not in ids]
+
+        def usable(c: ProviderConfig) -> bool:
+            return id(c) in ids and self._has_slot(c)
+
         while True:
+            _cancel.check()  # a stopped batch picks no endpoint
             with self._slots:
-                cfg = self.router.get_next(block=False, exclude=exclude, accept=self._has_slot)
-                if cfg is not None:
-                    bucket = self._client_of[id(cfg)]._pipeline.bucket
-                    if bucket is not None and not bucket.try_acquire():
-                        continue  # someone outside the pool took it: choose again
-                    self._busy[id(cfg)] += 1
-                    return cfg, bucket is not None
-                if self.router.healthy_count() > 0:  # healthy ones exist but are all busy
+                if only is not None:  # the same endpoint again (a transient answer): just its slot
+                    if self._has_slot(only) or not self._client_of[id(only)]._pipeline.limiters and \
+                            self._busy[id(only)] < self._client_of[id(only)].concurrency_limit:
+                        return self._take(only)
                     self._slots.wait(self._next_free_in())
                     continue
-            # nothing healthy: wait (outside our lock) for the earliest recovery, then retry
-            probe = self.router.get_next(block=True, exclude=exclude, accept=None, timeout=_SLOT_WAIT * 4)
-            if probe is not None:
-                with self._slots:
-                    self._busy[id(probe)] += 1
-                return probe, False
+                cfg = self.router.get_next(block=False, exclude=others, accept=usable)
+                if cfg is not None and id(cfg) in ids:
+                    return self._take(cfg)
+                if any(self.router.available(c) for c in candidates):  # healthy ones, all busy
+                    self._slots.wait(self._next_free_in())
+                    continue
+                if call.attempts:  # a retry: probe a resting endpoint now rather than wait out its rest
+                    free = [c for c in candidates if self._busy[id(c)] < self._client_of[id(c)].concurrency_limit]
+                    if free:
+                        return self._take(free[0])
+                    self._slots.wait(_SLOT_WAIT)
+                    continue
+                last = {c.base_url or str(id(c)): self._last_failure.get(id(c)) for c in self._configs}
+                if all(e is not None and permanent(e) for e in last.values()):
+                    raise combined_error(last, 0)  # type: ignore[arg-type]  # every endpoint refuses us
+            # nothing healthy: wait (outside our lock) for the earliest recovery, then look again
+            self.router.get_next(block=True, exclude=others, accept=lambda c: id(c) in ids, timeout=_SLOT_WAIT * 4)
 
-    def _release(self, cfg: ProviderConfig) -> None:
+    def _release(self, cfg: ProviderConfig, claim: Optional[_Claim] = None) -> None:
         with self._slots:
             self._busy[id(cfg)] -= 1
+            if claim is not None and not claim.fired and self._starting[id(cfg)] > 0:
+                self._starting[id(cfg)] -= 1  # it never reached its start: free the claim
             self._slots.notify()
 
-    def _run(self, call, model: str) -> Tuple[Any, ProviderConfig]:
-        tried: List[ProviderConfig] = []
-        retries_left = self.retry_times
-        attempts = 0
+    # -- the one retry loop --------------------------------------------------------------------------
+    def _run(self, work: Callable[[Pipeline, str, Callable[[], None]], Any],
+             model: str) -> Tuple[Any, ProviderConfig, int]:
+        """`work(pipeline, model, on_start)` (one HTTP attempt) until an endpoint succeeds: (its result,
+        the endpoint, the attempts made).
+
+        The pool's only retry loop: a transient answer (5xx, 429, bad body) is retried on the same endpoint
+        after the usual wait; a dead connection or a permanent refusal (key, quota, model) hands over to
+        an untried endpoint at once; each endpoint gets at most `retry_times + 1` attempts per call, and
+        once every endpoint is tried the rest wait like a single client's retries.
+        """
+        call = _Call()
+        limit = self.retry_times + 1
+        stay: Optional[ProviderConfig] = None  # retry here after a transient answer
+        last: Optional[LLMError] = None
+        retries = 0
         while True:
-            cfg, token_taken = self._acquire(tried)
+            cfg = None
+            if stay is not None:
+                self._wait_before_retry(last, retries)
+                retries += 1
+                cfg = self._acquire(call, only=stay)
+            elif not call.attempts or any(id(c) not in call.used and id(c) not in call.out for c in self._configs):
+                cfg = self._acquire(call)  # the first attempt, or an untried endpoint: at once
+            elif any(id(c) not in call.out and call.used[id(c)] < limit for c in self._configs):
+                self._wait_before_retry(last, retries)  # every endpoint tried: wait like a single client
+                retries += 1
+                cfg = self._acquire(call)
+            if cfg is None:
+                raise combined_error(call.errors, call.attempts)
             client = self._client_of[id(cfg)]
-            attempts += 1
+            call.attempts += 1
+            call.used[id(cfg)] = call.used.get(id(cfg), 0) + 1
+            claim = _Claim(self, id(cfg))
             try:
-                result = call(client._pipeline, model or client.model, token_taken)
+                result = work(client._pipeline, model or client.model, claim)
             except LLMError as exc:
-                self._release(cfg)
-                exc.attempts = attempts  # type: ignore[attr-defined]
-                if not _fails_over(exc):
+                self._release(cfg, claim)
+                exc.attempts = call.attempts  # type: ignore[attr-defined]
+                if not fails_over(exc):
                     raise  # the request itself is wrong (400 …): every endpoint would refuse it
+                call.errors[cfg.base_url or str(id(cfg))] = exc
+                last = exc
+                if _retry_here(exc) and call.used[id(cfg)] < limit:
+                    stay = cfg
+                    continue
+                stay = None
                 self.router.mark_failed(cfg)
+                self._last_failure[id(cfg)] = exc
+                if permanent(exc):
+                    call.out.add(id(cfg))
                 if not self.fallback:
-                    raise
-                untried = [c for c in self._configs if c not in tried and c is not cfg]
-                tried.append(cfg)
-                if untried:
+                    raise combined_error(call.errors, call.attempts) from None
+                if any(id(c) not in call.used and id(c) not in call.out for c in self._configs):
                     logger.warning("endpoint %s failed (%s); trying another endpoint", cfg.base_url,
                                    type(exc).__name__)
-                    continue
-                if retries_left <= 0:
-                    raise
-                retries_left -= 1
-                tried = []
-                time.sleep(retry_wait(exc, self.retry_times - retries_left - 1, self.retry_delay))
                 continue
             except BaseException:
-                self._release(cfg)
+                self._release(cfg, claim)
                 raise
-            return result, cfg
+            self._last_failure.pop(id(cfg), None)
+            return result, cfg, call.attempts
+
+    def _wait_before_retry(self, exc: Optional[LLMError], retries: int) -> None:
+        delay = retry_wait(exc, retries, self.retry_delay) if exc is not None else 0.0
+        if delay > 0:
+            logger.warning("retrying in %.2fs after %s", delay,
+                           f"{type(exc).__name__}: {exc.message}" if exc is not None else "an error")
+            self._sleep(delay)
 
     # -- ClientAPI hooks -----------------------------------------------------------------------------
     def _model(self, model: Optional[str]) -> str:
@@ -199,19 +368,21 @@ class LLMClientPool(ClientAPI):
 
     def complete(self, messages: List[dict], model: str, params: Dict[str, Any], *, skip_cache: bool = False,
                  read_cache: bool = True) -> Outcome:
-        """One reply through the pool (the batch engine's entry point)."""
-        if read_cache and not skip_cache:
-            [hit] = self.cached_many([(messages, model, params)])
-            result = result_from_hit(hit, params, model) if hit is not None else None
-            if result is not None:
-                return Outcome(result, None, True, 0, 0.0)
-        started = time.perf_counter()
-        outcome, cfg = self._run(lambda p, m, t: p.complete(messages, m, params, skip_cache=skip_cache,
-                                                            read_cache=False, token_taken=t), model)
-        self.router.mark_success(cfg)
-        self._release(cfg)
-        outcome.latency = time.perf_counter() - started
-        return outcome
+        """One reply through the pool (the batch engine's entry point): the first endpoint's pipeline does
+        the cache and structured output, the pool's loop does the attempts."""
+
+        def via(wire: Dict[str, Any]) -> Tuple[Any, dict, int]:
+            def work(pipeline: Pipeline, m: str, on_start: Callable[[], None]) -> Any:
+                need = pipeline.token_need(messages, m, wire, self._limiters)
+                return pipeline.attempt(messages, m, wire, need, extra=self._limiters, on_start=on_start)
+
+            (result, raw), cfg, attempts = self._run(work, model)
+            self.router.mark_success(cfg)
+            self._release(cfg)
+            return result, raw, attempts
+
+        return self._pipeline0().complete(messages, model or self.model, params, skip_cache=skip_cache,
+                                          read_cache=read_cache, via=via)
 
     _complete = complete
 
@@ -221,24 +392,35 @@ class LLMClientPool(ClientAPI):
 
     def _stream(self, messages: List[dict], model: str, params: Dict[str, Any], *,
                 skip_cache: bool) -> Iterator[StreamEvent]:
-        def open_stream(pipeline: Pipeline, m: str,
-                        token_taken: bool) -> Tuple[Iterator[StreamEvent], Optional[StreamEvent]]:
-            events = pipeline.stream(messages, m, params, skip_cache=skip_cache, token_taken=token_taken)
-            try:
-                return events, next(events, None)  # failover is possible until the first event
-            except BaseException:
-                events.close()
-                raise
+        def via(wire: Dict[str, Any], key: Optional[str]) -> Iterator[StreamEvent]:
+            def work(pipeline: Pipeline, m: str, on_start: Callable[[], None]) -> Any:
+                need = pipeline.token_need(messages, m, wire, self._limiters)
+                return pipeline, m, pipeline.attempt_stream(messages, m, wire, need, extra=self._limiters,
+                                                            on_start=on_start)
 
-        (events, first), cfg = self._run(open_stream, model)
-        try:
-            if first is not None:
-                yield first
-            yield from events
-            self.router.mark_success(cfg)
-        finally:
-            events.close()
-            self._release(cfg)
+            (pipeline, used_model, opened), cfg, _ = self._run(work, model)
+            ok = False
+            try:
+                yield from pipeline.relay(opened, used_model, key)
+                ok = True
+            finally:
+                if ok:
+                    self.router.mark_success(cfg)
+                self._release(cfg)
+
+        return self._pipeline0().stream(messages, model or self.model, params, skip_cache=skip_cache, via=via)
+
+    def budget_snapshot(self) -> Dict[str, float]:
+        """Budget counters summed over the endpoints (seconds waited, tokens reserved/used, 429s)."""
+        total: Dict[str, float] = {}
+        for c in self._clients:
+            for k, v in c._pipeline.budget_snapshot().items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    def budget_status(self) -> str:
+        """A short progress-line note on the endpoints' budgets ("" when none is limited)."""
+        return "; ".join(s for s in (c._pipeline.budget_status() for c in self._clients) if s)
 
     def _batch_runner(self) -> "LLMClientPool":
         return self

@@ -20,11 +20,13 @@ class BatchProgress:
 
     def __init__(self, total: Optional[int], *, enabled: bool = True, description: str = "batch",
                  clock: Callable[[], float] = time.monotonic, log_interval: float = PROGRESS_LOG_INTERVAL,
-                 force_terminal: Optional[bool] = None, show_cost: bool = False) -> None:
+                 force_terminal: Optional[bool] = None, show_cost: bool = False,
+                 status: Optional[Callable[[], str]] = None) -> None:
         self.total = total
         self.enabled = enabled
         self._clock = clock
         self._log_interval = log_interval
+        self._status = status  # e.g. the rate budget: "window 12/50, budget wait 3.1s, 429s 2"
         self._start = clock()
         self._last_log = self._start
         self.done = self.cached = self.failed = self.tokens = 0
@@ -46,9 +48,10 @@ class BatchProgress:
                 TextColumn("{task.fields[rate]:>6.1f}/s"), TextColumn("ETA"), TimeRemainingColumn(compact=True),
                 TextColumn("[cyan]cached {task.fields[cached]}[/] [red]failed {task.fields[failed]}[/] "
                            "tok {task.fields[tokens]}" + (" ${task.fields[cost]:.4f}" if show_cost else "")),
+                TextColumn("{task.fields[status]}"),
                 console=console, transient=False, refresh_per_second=8, expand=True)
             self._task = self._progress.add_task(description, total=total, rate=0.0, cached=0, failed=0, tokens=0,
-                                                 cost=0.0)
+                                                 cost=0.0, status="")
             self._progress.start()
 
     def advance(self, status: str, tokens: int = 0, resumed: bool = False, cost: float = 0.0) -> None:
@@ -66,7 +69,7 @@ class BatchProgress:
         rate = self.done / max(now - self._start, 1e-9)
         if self._progress is not None:
             self._progress.update(self._task, advance=1, rate=rate, cached=self.cached, failed=self.failed,
-                                  tokens=self.tokens, cost=self.cost)
+                                  tokens=self.tokens, cost=self.cost, status=self._status() if self._status else "")
         elif now - self._last_log >= self._log_interval:
             self._last_log = now
             self.log_line(rate)
@@ -74,9 +77,10 @@ class BatchProgress:
     def log_line(self, rate: float) -> None:
         """One progress line through logging (for cron jobs and CI logs)."""
         of = f"/{self.total}" if self.total is not None else ""
-        logger.info("batch progress: %d%s done, %.1f/s, cached %d, failed %d, tokens %d%s",
+        status = self._status() if self._status else ""
+        logger.info("batch progress: %d%s done, %.1f/s, cached %d, failed %d, tokens %d%s%s",
                     self.done, of, rate, self.cached, self.failed, self.tokens,
-                    f", cost ${self.cost:.4f}" if self.show_cost else "")
+                    f", cost ${self.cost:.4f}" if self.show_cost else "", f", {status}" if status else "")
 
     def close(self) -> None:
         """Stop drawing (the last state stays on screen)."""

@@ -1,6 +1,7 @@
 """Shared fixtures: a real mock server on 127.0.0.1 per test module, fresh state per test."""
 import json
 import logging
+import threading
 import time
 
 import pytest
@@ -55,3 +56,18 @@ def wait_for(predicate, timeout=30.0, what="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+class FakeClock:
+    """A clock tests move by hand; `sleep` advances it instead of waiting."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.lock = threading.Lock()
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        with self.lock:
+            self.now += seconds

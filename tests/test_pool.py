@@ -147,3 +147,104 @@ def test_endpoint_weights_reach_the_router(servers):
     pool = LLMClientPool(endpoints=[{"base_url": slow.url, "model": "m", "weight": 3},
                                     {"base_url": healthy.url, "model": "m", "weight": 1}], load_balance="weighted")
     assert [p.weight for p in pool.router.providers] == [3.0, 1.0]
+
+
+# -- issue 11 items 18, 19, 25, 29, 34 --------------------------------------------------------------
+
+def max_in_one_second(times):
+    times = sorted(times)
+    return max(sum(1 for u in times[i:] if u < t + 1.0) for i, t in enumerate(times))
+
+
+def test_every_endpoint_refusing_the_key_or_quota_fails_at_once(servers):
+    """Item 18: 401 / exhausted quota everywhere is not retried and never waits for a recovery (a
+    recovery_time of an hour would time the test out)."""
+    from flexllm import AuthenticationError, QuotaExceededError
+
+    slow, flaky, _ = servers
+    locked = [MockServer(require_key="right"), MockServer(require_key="right")]
+    with locked[0], locked[1]:
+        pool = LLMClientPool(endpoints=[{"base_url": s.url, "model": "m", "api_key": "wrong"} for s in locked],
+                             failure_threshold=1, recovery_time=3600, retry_delay=0.01)
+        for i in range(8):
+            with pytest.raises(AuthenticationError):
+                pool.chat_completions_sync(user(f"k{i}"))
+        assert [len(s.requests) for s in locked] == [1, 1]  # each endpoint once; later calls fail at once
+    quota = LLMClientPool(endpoints=[{"base_url": slow.url, "model": "m"}, {"base_url": flaky.url, "model": "m"}],
+                          failure_threshold=1, recovery_time=3600, retry_delay=0.01)
+    for i in range(4):
+        with pytest.raises(QuotaExceededError):
+            quota.chat_completions_sync(user(f"[[mock:quota=1]] q{i}"))
+    assert len(slow.requests) + len(flaky.requests) == 2
+    slow.clear()
+    flaky.clear()
+    quota = LLMClientPool(endpoints=[{"base_url": slow.url, "model": "m"}, {"base_url": flaky.url, "model": "m"}],
+                          retry_delay=0.01)
+    _, summary = quota.chat_completions_batch_sync([user(f"[[mock:quota=1]] q{i}") for i in range(8)],
+                                                   show_progress=False, return_summary=True)
+    assert "quota" in summary["stopped_reason"] and summary["retries"] <= 8
+
+
+def test_pool_endpoint_max_qps_holds_on_the_server_clock_at_32_threads(servers):
+    """Item 19: the start is taken right before the request goes out, so 32 threads never show the
+    server more than max_qps starts in any one-second window."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, _, healthy = servers
+    pool = LLMClientPool(endpoints=[{"base_url": healthy.url, "model": "m", "max_qps": 25, "concurrency_limit": 32}])
+    with ThreadPoolExecutor(32) as ex:
+        list(ex.map(lambda i: pool.chat_completions_sync(user(f"t{i}")), range(100)))
+    times = [r.time for r in healthy.requests]
+    assert len(times) == 100
+    assert max_in_one_second(times) <= 25
+
+
+def test_endpoint_without_the_model_is_failed_over(servers):
+    """Item 25: a proxy answers 400 "Invalid model name" (not 404): another endpoint serves the call."""
+    slow, _, healthy = servers
+    slow.add_rule(status=400, message="Invalid model name passed in model=m. Call `/v1/models` to view "
+                                      "available models for your key.")
+    pool = LLMClientPool(endpoints=[{"base_url": slow.url, "model": "m"}, {"base_url": healthy.url, "model": "m"}],
+                         load_balance="fallback")
+    assert pool.chat_completions_sync(user("which model")) == "echo: which model"
+    assert [r.status for r in slow.requests] == [400]
+
+
+def test_all_endpoints_failing_names_each_failure_with_the_most_informative_as_cause(servers):
+    """Item 29: one endpoint 429, one dead: the error is the 429 (not the dead socket) and names both."""
+    from flexllm import RateLimitError
+
+    slow, _, _ = servers
+    slow.add_rule(status=429, retry_after="0")
+    dead = closed_port_url()
+    pool = LLMClientPool(endpoints=[{"base_url": dead, "model": "m"}, {"base_url": slow.url, "model": "m"}],
+                         retry_times=0, load_balance="fallback")
+    with pytest.raises(RateLimitError) as info:
+        pool.chat_completions_sync(user("x"))
+    text = str(info.value)
+    assert dead in text and slow.url in text and "APIConnectionError" in text and "429" in text
+    assert isinstance(info.value.__cause__, RateLimitError)
+    assert set(info.value.endpoint_errors) == {dead, slow.url}
+
+
+def test_one_call_makes_at_most_retry_times_plus_one_attempts_per_endpoint(servers):
+    """Item 34: two endpoints answering 503 with retry_times=3: 4 attempts each (not 32), reported as 8,
+    and no waiting out recovery_time (an hour here: waiting would time the test out)."""
+    from flexllm import ServerError
+
+    slow, flaky, _ = servers
+    slow.add_rule(status=503)
+    flaky.add_rule(status=503)
+    pool = LLMClientPool(endpoints=[{"base_url": slow.url, "model": "m"}, {"base_url": flaky.url, "model": "m"}],
+                         retry_times=3, retry_delay=0.01, failure_threshold=1, recovery_time=3600)
+    with pytest.raises(ServerError) as info:
+        pool.chat_completions_sync(user("x"))
+    assert len(slow.requests) == 4 and len(flaky.requests) == 4
+    assert info.value.attempts == 8
+    slow.clear()
+    flaky.clear()
+    flaky.add_rule(status=503, times=1)  # one transient answer, then the retry on the same endpoint works
+    pool = LLMClientPool(endpoints=[{"base_url": flaky.url, "model": "m"}, {"base_url": slow.url, "model": "m"}],
+                         retry_times=3, retry_delay=0.01)
+    _, summary = pool.chat_completions_batch_sync([user("once")], show_progress=False, return_summary=True)
+    assert summary["success"] == 1 and summary["retries"] == 1 == len(flaky.requests) - 1

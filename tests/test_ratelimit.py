@@ -3,20 +3,11 @@ import threading
 
 import pytest
 
+from flexllm._constants import QPS_SAFETY_MARGIN
+
 from flexllm.ratelimit import TokenBucket
 
-
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-        self.lock = threading.Lock()
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        with self.lock:
-            self.now += seconds
+from .conftest import FakeClock
 
 
 def starts(bucket, clock, n):
@@ -32,7 +23,7 @@ def test_starts_are_evenly_spaced_and_never_exceed_rate_per_second():
     bucket = TokenBucket(20, clock=clock, sleep=clock.sleep)  # default safety margin
     times = starts(bucket, clock, 100)
     gaps = [b - a for a, b in zip(times, times[1:])]
-    assert all(g == pytest.approx(1.02 / 20) for g in gaps)
+    assert all(g == pytest.approx((1 + QPS_SAFETY_MARGIN) / 20) for g in gaps)
     for i, t in enumerate(times):
         in_window = [u for u in times[i:] if u < t + 1.0]
         assert len(in_window) <= 20
