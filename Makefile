@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-dev
 TEST_EXTRAS ?= dev,ray,proxy-tests
 TEST_STAMP  := $(VENV)/.installed-test
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench lint clean redis-server
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ $(TEST_STAMP): $(STAMP)
 
 install: $(STAMP)  ## create .venv and install flexllm with its test tools
 
-test: $(TEST_STAMP)  ## run the test suite (what CI runs); pytest's exit 5 (no tests collected) is not a failure
+# the shared rate-budget tests start a real redis-server (CI runs as root: install it when missing)
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; }
+
+test: $(TEST_STAMP) redis-server  ## run the test suite (what CI runs); pytest's exit 5 (no tests collected) is not a failure
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 demo: $(STAMP)  ## a real batch against the built-in mock server: progress, output file, resume

@@ -235,6 +235,16 @@ class Limiter:
         take_turns([reservation], sleep)
         return reservation
 
+    def _after_pause(self, reservation: Reservation, sleep: Callable[[float], None]) -> None:
+        """If the budget was paused after this start was reserved, reserve a new start after the pause."""
+        for _ in range(8):  # each round waits out a pause: bounded by its (capped) length
+            left = self._call(lambda s: s.delay(self.name, ()), None, sleep=sleep)
+            if left <= 0:
+                return
+            wait = self._call(lambda s: s.reserve(self.name, self._dims), None, sleep=sleep) or 0.0
+            sleep(wait)
+            reservation.waited += wait
+
     def _turn(self, sleep: Callable[[float], None]) -> float:
         """This process's starts keep their spacing even when a thread wakes late: a start waits until
         `interval` after the previous one actually began (so a late waker does not bunch up with the next
@@ -419,10 +429,16 @@ def limiter_for(limit: RateLimit) -> Limiter:
 
 
 def take_turns(reservations: Sequence[Reservation], sleep: Callable[[float], None]) -> None:
-    """Sleep until every reservation's start has come, then take each spaced limiter's turn."""
+    """Sleep until every reservation's start has come, then take each spaced limiter's turn.
+
+    A start that had to wait looks at the budget once more when it comes: if a 429 paused the budget
+    meanwhile (in any process), the start is reserved again after the pause, so starts reserved ahead
+    neither go out during the pause nor all at once when it ends."""
     wait = max((r.waited for r in reservations), default=0.0)
     if wait > 0:
         sleep(wait)
+        for r in reservations:
+            r.limiter._after_pause(r, sleep)
     for r in reservations:
         if r.limiter._min_interval:
             r.waited += r.limiter._turn(sleep)

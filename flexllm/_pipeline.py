@@ -23,13 +23,13 @@ from .http import Transport
 from .providers.base import ProviderAdapter, RequestSpec, StreamReply
 from .ratelimit import RateLimit
 from .retry import RetryPolicy, is_retryable
-from .structured import ResponseSchema, fill_parsed, prepare
+from .structured import ResponseSchema, fill_parsed, prepare, response_schema
 from .types import ChatCompletionResult, StreamEvent
 
 if TYPE_CHECKING:
     from .cache import ResponseCache
 
-__all__ = ["Outcome", "Pipeline", "add_usage", "wire_params"]
+__all__ = ["Outcome", "Pipeline", "add_usage", "result_from_hit", "wire_params"]
 
 logger = get_logger("flexllm")
 
@@ -94,6 +94,20 @@ def add_usage(total: Optional[dict], usage: Optional[dict]) -> Optional[dict]:
             prev = out.get(k)
             out[k] = (prev if isinstance(prev, (int, float)) else 0) + v
     return out
+
+
+def result_from_hit(entry: dict, params: Dict[str, Any], model: str = "") -> Optional[ChatCompletionResult]:
+    """A cache entry as a result, parsed against `params`' response_format schema; None when it does not fit
+    (the caller asks the provider again, and the valid reply replaces the entry)."""
+    result = result_from_cache(entry)
+    fmt = params.get("response_format")
+    schema = response_schema(fmt) if fmt is not None else None
+    if schema is not None:
+        try:
+            fill_parsed(result, schema, model=model)
+        except ResponseValidationError:
+            return None
+    return result
 
 
 class Pipeline:

@@ -1,0 +1,240 @@
+"""The shared rate budget with real parts: several real processes on one SQLite file, a real
+redis-server started here, SIGKILL mid-transaction, a corrupt file, Redis going away mid-batch."""
+import logging
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from flexllm import LLMClient, RateLimit, RateLimitStoreError
+from flexllm._limiter import Limiter
+from flexllm._stores import open_store
+from flexllm.mock import MockServer
+
+from .conftest import read_records, user, wait_for
+
+CHILD = textwrap.dedent("""
+    import sys
+    from flexllm import LLMClient, RateLimit
+    url, store, name, n, tag, qps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], float(sys.argv[6])
+    first = sys.argv[7] if len(sys.argv) > 7 else None
+    client = LLMClient(model="m", base_url=url, concurrency_limit=4, retry_delay=0.05,
+                       rate_limit=RateLimit(max_qps=qps, shared=store, name=name))
+    prompts = [[{"role": "user", "content": f"{tag}{i}"}] for i in range(n)]
+    if first:
+        prompts.insert(3, [{"role": "user", "content": first}])
+    results = client.chat_completions_batch_sync(prompts, show_progress=False)
+    assert all(r is not None for r in results), results
+""")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def start_redis(port):
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed: `make test` installs it (apt-get install -y redis-server)")
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def up():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as c:
+                c.sendall(b"PING\r\n")
+                return c.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    wait_for(up, timeout=20, what="redis-server to answer PING")
+    return proc
+
+
+def stop(proc):
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class Redis:
+    """A real redis-server on a free 127.0.0.1 port, no persistence; a test may stop and restart it."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = start_redis(self.port)
+
+    def restart(self):
+        self.proc = start_redis(self.port)
+
+
+@pytest.fixture
+def redis():
+    server = Redis()
+    try:
+        yield server
+    finally:
+        stop(server.proc)
+
+
+def run_children(args_list):
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, *map(str, args)]) for args in args_list]
+    for p in procs:
+        assert p.wait(120) == 0
+
+
+def max_in_window(times, width=1.0):
+    times = sorted(times)
+    return max(sum(1 for u in times[i:] if u < t + width) for i, t in enumerate(times))
+
+
+@pytest.fixture(scope="module")
+def mock():
+    with MockServer() as server:
+        yield server
+
+
+@pytest.fixture
+def server(mock):
+    mock.clear()
+    yield mock
+
+
+# -- several processes share one budget ------------------------------------------------------------
+
+def test_four_processes_share_one_sqlite_budget(server, tmp_path):
+    store = f"sqlite:///{tmp_path}/limits.db"
+    run_children([(server.url, store, "k", 25, f"p{p}-", 20) for p in range(4)])
+    starts = [r.time for r in server.requests]
+    assert len(starts) == 100
+    assert max_in_window(starts) <= 21  # 20/s for the four together (+1 for arrival jitter)
+
+
+def test_two_processes_share_one_redis_budget(server, redis):
+    run_children([(server.url, redis.url, "k", 30, f"p{p}-", 20) for p in range(2)])
+    starts = [r.time for r in server.requests]
+    assert len(starts) == 60
+    assert max_in_window(starts) <= 21
+
+
+def test_a_429_retry_after_pauses_every_process_sharing_the_budget(server, tmp_path):
+    store = f"sqlite:///{tmp_path}/limits.db"
+    hint = "[[mock:status=429;retry_after=2;times=1]] slow down"
+    run_children([(server.url, store, "pause", 20, "a", 8, hint), (server.url, store, "pause", 20, "b", 8),
+                  (server.url, store, "pause", 20, "c", 8)])
+    [limited] = [r for r in server.requests if r.status == 429]
+    others = sorted(r.time for r in server.requests if r is not limited)
+    # requests already on their way when the 429 came back may still arrive just after it
+    assert not [t for t in others if limited.time + 0.5 < t < limited.time + 1.9]
+    assert [t for t in others if t > limited.time + 2.0]  # and the work resumes afterwards
+    assert len(server.requests) == 62  # 61 requests + the one retry
+
+
+# -- the stores agree (memory, SQLite, Redis run the same GCRA) --------------------------------------
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+def test_every_store_reserves_spaces_settles_and_pauses_alike(kind, tmp_path, request):
+    url = {"memory": "memory", "sqlite": f"sqlite:///{tmp_path}/l.db"}.get(kind)
+    if kind == "redis":
+        url = request.getfixturevalue("redis").url
+    store = open_store(url)
+    name = f"conformance-{kind}-{os.getpid()}-{tmp_path.name}"
+    dims = (("rpm", 0.5, 0.0), ("tpm", 0.1, 0.0))
+    waits = [store.reserve(name, dims) for _ in range(4)]  # four at once: each waits one more cost (0.5 s)
+    for k, w in enumerate(waits):
+        assert w == pytest.approx(0.5 * k, abs=0.1)
+    assert store.reserve(name, dims, only_if_free=True) is None
+    assert store.delay(name, dims) == pytest.approx(2.0, abs=0.1)
+    store.settle(name, {"rpm": -1.0, "tpm": -1.0}, {}, 0.0)  # refunds: two starts, ten tokens
+    assert store.delay(name, dims) == pytest.approx(1.0, abs=0.1)
+    store.settle(name, {}, {"tpm": 5.0}, 0.0)  # a provider header: nothing for 5 s
+    assert store.delay(name, dims) == pytest.approx(5.0, abs=0.1)
+    store.settle(name, {}, {}, 8.0)  # a 429 with Retry-After: 8
+    assert store.delay(name, (("qps", 0.01, 0.0),)) == pytest.approx(8.0, abs=0.1)
+
+
+# -- faults ------------------------------------------------------------------------------------------
+
+def test_sqlite_survives_a_process_killed_inside_its_transaction(tmp_path):
+    path = tmp_path / "limits.db"
+    limit = RateLimit(max_qps=50, shared=f"sqlite:///{path}", name="kill")
+    Limiter(limit, store=open_store(limit.store_url)).acquire()
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sqlite3, sys, time
+        c = sqlite3.connect({str(path)!r}, isolation_level=None)
+        c.execute("BEGIN IMMEDIATE")
+        c.execute("UPDATE flexllm_rate_budget SET tat = tat + 3600")
+        print("holding", flush=True)
+        time.sleep(600)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(10)
+    limiter = Limiter(limit, store=open_store(limit.store_url))
+    assert limiter.delay() < 1.0  # the killed transaction was rolled back: no hour-long pause, no lock
+    limiter.acquire()
+
+
+def test_a_corrupt_limits_file_is_recreated_with_one_warning(tmp_path, caplog):
+    path = tmp_path / "limits.db"
+    path.write_bytes(b"this is not a database\n" * 100)
+    caplog.set_level(logging.WARNING, logger="flexllm")
+    limiter = Limiter(RateLimit(max_qps=10, shared=f"sqlite:///{path}", name="c"))
+    for _ in range(3):
+        limiter.reserve()
+    warnings = [r for r in caplog.records if "not a valid budget file" in r.getMessage()]
+    assert len(warnings) == 1
+    assert sqlite3.connect(str(path)).execute("SELECT count(*) FROM flexllm_rate_budget").fetchone()[0] == 1
+    assert [p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name]  # the foreign bytes were kept aside
+
+
+def test_unreachable_redis_is_a_clear_error_without_the_password_or_a_local_fallback(server, caplog):
+    url = f"redis://app:s3cret-pw@127.0.0.1:{free_port()}/0"
+    with pytest.raises(RateLimitStoreError) as info:
+        LLMClient(model="m", base_url=server.url, rate_limit=RateLimit(max_qps=5, shared=url, name="r"))
+    assert "127.0.0.1" in str(info.value) and "s3cret-pw" not in str(info.value)
+    assert "s3cret-pw" not in repr(info.value.__dict__)
+    caplog.set_level(logging.WARNING, logger="flexllm")
+    client = LLMClient(model="m", base_url=server.url,
+                       rate_limit=RateLimit(max_qps=50, shared=url, name="r", on_store_error="local"))
+    assert client.chat_completions_batch_sync([user(f"x{i}") for i in range(5)], show_progress=False) == \
+        [f"echo: x{i}" for i in range(5)]
+    warned = [r.getMessage() for r in caplog.records if "per-process budget" in r.getMessage()]
+    assert len(warned) == 1 and "s3cret-pw" not in warned[0]
+
+
+def test_redis_going_away_mid_batch_pauses_and_resumes_without_losing_items(server, redis, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="flexllm")
+    client = LLMClient(model="m", base_url=server.url, concurrency_limit=4,
+                       rate_limit=RateLimit(max_qps=20, shared=redis.url, name="away"))
+    out = tmp_path / "out.jsonl"
+    done = {}
+    batch = threading.Thread(target=lambda: done.setdefault("r", client.chat_completions_batch_sync(
+        [user(f"q{i}") for i in range(60)], output_file=str(out), show_progress=False)))
+    batch.start()
+    wait_for(lambda: len(server.requests) >= 10, what="the batch to get going")
+    stop(redis.proc)
+    wait_for(lambda: any("unreachable" in r.getMessage() for r in caplog.records), what="the pause to be logged")
+    paused_at = len(server.requests)
+    redis.restart()
+    batch.join(120)
+    assert not batch.is_alive()
+    assert done["r"] == [f"echo: q{i}" for i in range(60)]
+    assert sorted(r["index"] for r in read_records(out)) == list(range(60))  # each item exactly once
+    assert paused_at < 60 and len(server.requests) == 60
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
