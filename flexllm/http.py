@@ -13,6 +13,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
@@ -68,6 +69,55 @@ def _mapped(provider: str, model: str, redact: Callable[[str], str]) -> Iterator
                                  provider=provider, model=model) from _without_frames(exc)
 
 
+class _Deadline(dict):
+    """httpcore's per-request timeout dict, whose values are the time left until one deadline.
+
+    httpcore looks `timeouts.get("read")` (and connect/write) up before every socket operation and sets it
+    on the socket, so answering with the time left makes `timeout` a deadline for the whole request: a
+    server trickling a byte at a time cannot keep a call alive, and no watchdog thread is needed. A stream
+    re-arms it after each line (a deadline per gap between lines).
+    """
+
+    __slots__ = ("total", "until")
+
+    def __init__(self, total: float) -> None:
+        super().__init__(connect=min(DEFAULT_CONNECT_TIMEOUT, total), read=total, write=total, pool=total)
+        self.total = total
+        self.until: Optional[float] = None
+
+    def arm(self) -> None:
+        """Start (or restart) the clock: the next `total` seconds are all the request gets."""
+        self.until = time.monotonic() + self.total
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        value = dict.get(self, key, default)
+        if self.until is None or value is None:
+            return value
+        return min(value, max(self.until - time.monotonic(), 0.001))  # 0 would make the socket non-blocking
+
+
+class _Watched(httpx.SyncByteStream):
+    """A response body that checks its request's deadline between the chunks it reads.
+
+    httpcore fixes a body's socket read timeout when the body starts, so a server sending a byte now and
+    then would never trip it; this check does (a stalled read is still bounded by that read timeout).
+    """
+
+    def __init__(self, inner: httpx.SyncByteStream, deadline: _Deadline) -> None:
+        self._inner = inner
+        self._deadline = deadline
+
+    def __iter__(self) -> Iterator[bytes]:
+        deadline = self._deadline
+        for chunk in self._inner:
+            if deadline.until is not None and time.monotonic() > deadline.until:
+                raise httpx.ReadTimeout(f"no complete reply within the {deadline.total:g} s timeout")
+            yield chunk
+
+    def close(self) -> None:
+        self._inner.close()
+
+
 class Transport:
     """Sends RequestSpecs over pooled, lazily created httpx.Clients. Thread-safe and fork-safe.
 
@@ -86,6 +136,7 @@ class Transport:
         self.provider = provider
         self._options = options or TransportOptions()
         self._timeout = httpx.Timeout(timeout, connect=min(DEFAULT_CONNECT_TIMEOUT, timeout))
+        self._total = float(timeout)  # each chat request's deadline (`_Deadline`); a call's own timeout wins
         # a shard never blocks on its own limit: the client's semaphore bounds the total in flight (a request
         # abandoned by a cancelled await gave its slot back while still on the wire: it must not block either)
         self._limits = httpx.Limits(max_connections=None, max_keepalive_connections=max_connections)
@@ -145,10 +196,22 @@ class Transport:
 
     def _request(self, spec: RequestSpec) -> httpx.Request:
         client = self._get_client()
-        timeout = httpx.Timeout(spec.timeout, connect=min(DEFAULT_CONNECT_TIMEOUT, spec.timeout)) \
-            if spec.timeout else self._timeout
+        deadline = _Deadline(float(spec.timeout) if spec.timeout else self._total)
         return client.build_request(spec.method, spec.url, headers=spec.headers, content=dumps(spec.json),
-                                    timeout=timeout, extensions=self._extensions)
+                                    extensions={"timeout": deadline, **self._extensions})
+
+    @staticmethod
+    def _arm(request: httpx.Request) -> None:
+        deadline = request.extensions.get("timeout")
+        if isinstance(deadline, _Deadline):
+            deadline.arm()
+
+    @staticmethod
+    def _watch(response: httpx.Response, request: httpx.Request) -> httpx.Response:
+        deadline = request.extensions.get("timeout")
+        if isinstance(deadline, _Deadline) and isinstance(response.stream, httpx.SyncByteStream):
+            response.stream = _Watched(response.stream, deadline)
+        return response
 
     def _trace(self, event: str, info: Mapping[str, Any]) -> None:
         # httpcore reports each new connection's network stream (TCP, then TLS): remember its socket so that
@@ -206,7 +269,8 @@ class Transport:
         with _mapped(self.provider, model, self._redact):
             if isinstance(request, RequestSpec):
                 request = self._request(request)
-            response = self._get_client().send(request)
+            self._arm(request)
+            response = self._watch(self._get_client().send(request, stream=True), request)
             try:
                 return response.status_code, response.headers, response.read()
             finally:
@@ -231,15 +295,20 @@ class Transport:
     def stream(self, spec: RequestSpec, *, model: str) -> Iterator[Tuple[int, Mapping[str, str], Iterator[str]]]:
         """Open a streaming request: (status, headers, iterator of text lines). Closes on exit."""
         with _mapped(self.provider, model, self._redact):
-            response = self._get_client().send(self._request(spec), stream=True)
+            request = self._request(spec)
+            self._arm(request)
+            response = self._watch(self._get_client().send(request, stream=True), request)
         try:
-            yield response.status_code, response.headers, self._lines(response, model)
+            yield response.status_code, response.headers, self._lines(response, request, model)
         finally:
             response.close()
 
-    def _lines(self, response: httpx.Response, model: str) -> Iterator[str]:
+    def _lines(self, response: httpx.Response, request: httpx.Request, model: str) -> Iterator[str]:
+        arm = self._arm
         with _mapped(self.provider, model, self._redact):
-            yield from response.iter_lines()
+            for line in response.iter_lines():
+                arm(request)  # the deadline is per gap between lines, not for the whole stream
+                yield line
 
     @staticmethod
     def read_body(lines: Iterator[str]) -> bytes:

@@ -74,6 +74,7 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms delayed-ACK stall
     mock: "MockServer"
     _in_flight = False
+    _trickle = 0.0
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence per-request logging
         pass
@@ -94,7 +95,18 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(data)
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        """Write `data`; with the `trickle=SECONDS` directive, one byte at a time, SECONDS apart."""
+        gap = self._trickle
+        if not gap:
+            self.wfile.write(data)
+            return
+        for i in range(len(data)):
+            self.wfile.write(data[i:i + 1])
+            self.wfile.flush()
+            time.sleep(gap)
 
     def _send_sse(self, events: Iterable[bytes]) -> None:
         self._reply_started()
@@ -104,6 +116,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         for data in events:
+            if self._trickle:  # one byte per chunk: a server that keeps the socket busy yet sends no event
+                for i in range(len(data)):
+                    self._write(b"1\r\n%s\r\n" % data[i:i + 1])
+                continue
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
@@ -181,6 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def _handle(self, arrived: float, raw: bytes) -> None:
+        self._trickle = 0.0  # the handler lives as long as its keep-alive connection: no directive carries over
         mock = self.mock
         path = self.path
         try:
@@ -210,6 +227,7 @@ class _Handler(BaseHTTPRequestHandler):
             rec.status, rec.fault = 400, "invalid"
             return self._send_json(400, dialect.error_body(400, invalid))
 
+        self._trickle = float(d.get("trickle") or 0.0) if attempt_ok else 0.0
         latency = float(d["latency"]) if "latency" in d else mock._latency()
         if latency > 0:
             time.sleep(latency)
