@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_args(b)
     b.add_argument("--concurrency", type=int, default=50, help="requests in flight (default 50)")
     b.add_argument("--qps", type=float, help="maximum request starts per second")
+    rl = b.add_argument_group("shared rate budget (one budget for many processes and machines; see README)")
+    rl.add_argument("--rate-limit-store", metavar="URL",
+                    help="sqlite:///path/limits.db or redis://host:6379/0 shared with other processes "
+                         "(env FLEXLLM_RATE_LIMIT_STORE); --qps then counts against the shared budget too")
+    rl.add_argument("--rate-limit-name", metavar="NAME", help="the budget's name in the store (default: default)")
+    rl.add_argument("--rpm", type=float, help="maximum request starts per minute (shared budget)")
+    rl.add_argument("--tpm", type=float, help="maximum tokens per minute (shared budget)")
     b.add_argument("--cache", action="store_true", help="cache replies (default dir ~/.cache/flexllm/llm_response)")
     b.add_argument("--cache-dir", help="cache directory (implies --cache)")
     b.add_argument("--cache-ttl", type=int, help="cache entry lifetime in seconds, 0 = forever (implies --cache)")
@@ -182,7 +189,7 @@ def _detect(model: str) -> str:
 
 
 def _client(args: argparse.Namespace, **extra: Any):
-    from . import LLMClient
+    from . import LLMClient, RateLimitStoreError
 
     model = args.model or _env("FLEXLLM_MODEL")
     if not model:
@@ -197,6 +204,23 @@ def _client(args: argparse.Namespace, **extra: Any):
     except ValueError as exc:
         raise UsageError(f"{exc} (pass --base-url or set FLEXLLM_BASE_URL)" if "base_url" in str(exc)
                          else str(exc)) from None
+    except RateLimitStoreError as exc:  # the shared budget's store cannot be reached: say which, nothing sent
+        raise UsageError(exc.message) from None
+
+
+def _rate_limit(args: argparse.Namespace):
+    """The RateLimit the budget flags ask for, or None (then --qps stays this run's private limit)."""
+    from .errors import LLMError
+    from .ratelimit import RateLimit
+
+    shared = args.rate_limit_store or args.rate_limit_name
+    if not (shared or args.rpm or args.tpm):
+        return None
+    try:
+        return RateLimit(max_qps=args.qps if shared else None, max_rpm=args.rpm, max_tpm=args.tpm,
+                         shared=args.rate_limit_store or None, name=args.rate_limit_name or "default")
+    except (ValueError, LLMError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _params(args: argparse.Namespace) -> Dict[str, Any]:
@@ -262,7 +286,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
         if args.cache_ttl is not None:
             options["ttl"] = args.cache_ttl
         cache = ResponseCacheConfig(**options)
-    client = _client(args, concurrency_limit=args.concurrency, max_qps=args.qps, cache=cache)
+    limit = _rate_limit(args)
+    client = _client(args, concurrency_limit=args.concurrency, cache=cache, rate_limit=limit,
+                     max_qps=None if limit is not None and limit.max_qps else args.qps)
     if args.provider_batch:
         unsupported = [flag for flag, given in (("--schema", args.schema), ("--max-cost", args.max_cost),
                                                 ("--redo", args.redo), ("a \"params\" input line", params_list),
@@ -361,6 +387,10 @@ def _print_summary(summary: Dict[str, Any], output: str) -> None:
     for key in ("total", "success", "cached", "resumed", "failed", "retries", "elapsed_s", "requests_per_s",
                 "prompt_tokens", "completion_tokens", "total_tokens", "estimated_cost_usd"):
         lines.append(f"{key}: {summary[key]}")
+    if summary.get("budget_wait_s") or summary.get("tokens_reserved") or summary.get("rate_limited_429"):
+        lines.append(f"rate budget: waited {summary.get('budget_wait_s', 0)}s, tokens reserved "
+                     f"{summary.get('tokens_reserved', 0)} / used {summary.get('tokens_used', 0)}, "
+                     f"429s {summary.get('rate_limited_429', 0)}")
     if summary["errors"]:
         lines.append("errors: " + ", ".join(f"{k} × {v}" for k, v in sorted(summary["errors"].items())))
     if summary.get("stopped_reason"):

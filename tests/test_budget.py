@@ -205,3 +205,29 @@ def test_limiter_for_is_one_per_value():
     a = limiter_for(RateLimit(max_qps=3, name="x"))
     assert limiter_for(RateLimit(max_qps=3, name="x")) is a
     assert limiter_for(RateLimit(max_qps=3, name="y")) is not a
+
+
+def test_pool_rate_limit_is_one_budget_across_endpoints(server):
+    from flexllm import LLMClientPool
+    from flexllm.mock import MockServer
+
+    with MockServer() as other:
+        pool = LLMClientPool(endpoints=[{"base_url": server.url, "model": "m"}, {"base_url": other.url, "model": "m"}],
+                             rate_limit=RateLimit(max_qps=10, name="pool-wide"))
+        assert pool.chat_completions_batch_sync([user(f"p{i}") for i in range(25)], show_progress=False) == \
+            [f"echo: p{i}" for i in range(25)]
+        starts = [r.time for r in server.requests] + [r.time for r in other.requests]
+        assert server.requests and other.requests and len(starts) == 25
+        assert max_in_window(sorted(starts), 1.0) <= 11  # 10/s over both endpoints together
+
+
+def test_adaptive_concurrency_halves_the_window_on_429_and_shows_it(server, caplog_flexllm):
+    client = LLMClient(model="m", base_url=server.url, concurrency_limit=8, retry_delay=0.01,
+                       rate_limit=RateLimit(adaptive=True, name="aimd"))
+    server.add_rule(status=429, retry_after_ms="10", times=1)  # every item's first attempt is told to slow down
+    _, summary = client.chat_completions_batch_sync([user(f"w{i}") for i in range(16)], show_progress=False,
+                                                    return_summary=True)
+    assert summary["success"] == 16 and summary["rate_limited_429"] == 16
+    assert any("window now 4" in r.getMessage() for r in caplog_flexllm.records)
+    assert 1 <= client._pipeline.window.window <= 8
+    assert client._pipeline.budget_status().startswith("window ")

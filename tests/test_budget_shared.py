@@ -1,5 +1,6 @@
 """The shared rate budget with real parts: several real processes on one SQLite file, a real
 redis-server started here, SIGKILL mid-transaction, a corrupt file, Redis going away mid-batch."""
+import json
 import logging
 import os
 import shutil
@@ -238,3 +239,25 @@ def test_redis_going_away_mid_batch_pauses_and_resumes_without_losing_items(serv
     assert sorted(r["index"] for r in read_records(out)) == list(range(60))  # each item exactly once
     assert paused_at < 60 and len(server.requests) == 60
     assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+
+def test_cli_runs_share_a_budget_through_the_store_flags(server, tmp_path):
+    def cli(tag, *extra):
+        inp, out = tmp_path / f"{tag}.jsonl", tmp_path / f"{tag}-out.jsonl"
+        inp.write_text("".join(json.dumps({"prompt": f"{tag}{i}"}) + "\n" for i in range(15)))
+        return subprocess.Popen([sys.executable, "-m", "flexllm", "batch", str(inp), "-o", str(out), "--model", "m",
+                                 "--base-url", server.url, "--rate-limit-store", f"sqlite:///{tmp_path}/cli.db",
+                                 "--rate-limit-name", "cron", "--rpm", "600", "--tpm", "100000", *extra],
+                                stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+
+    runs = [cli("a"), cli("b")]
+    errs = [p.communicate(timeout=120)[1] for p in runs]
+    assert [p.returncode for p in runs] == [0, 0], errs
+    assert all("rate budget: waited" in e for e in errs)
+    starts = [r.time for r in server.requests]
+    assert len(starts) == 30 and max_in_window(starts) <= 11  # 600/min = 10/s for both runs together
+    bad = subprocess.run([sys.executable, "-m", "flexllm", "batch", str(tmp_path / "a.jsonl"), "-o",
+                          str(tmp_path / "x.jsonl"), "--model", "m", "--base-url", server.url,
+                          "--rate-limit-store", "ftp://nowhere"], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    assert bad.returncode == 2 and "shared" in bad.stderr and "Traceback" not in bad.stderr
