@@ -57,6 +57,7 @@ class ResponseCache:
         self._clock = clock
         self._lock = threading.Lock()
         self._warned = False
+        self._broken = False  # a corrupt file: every operation is skipped (one warning was logged)
         self._db: Any = None
         self._pid = 0
         self._local = threading.local()
@@ -105,6 +106,9 @@ class ResponseCache:
         db = SqliteDict(self.path, tablename=_TABLE, autocommit=True, outer_stack=False,
                         journal_mode="WAL",
                         encode=_encode, decode=json.loads)
+        # sqlitedict's worker logs ~18 ERROR lines per failed statement: ours keeps them at DEBUG (one warning
+        # from _fail says it all); only this handle's logger is swapped, no logging config is touched
+        db.conn.log = _QUIET
         try:
             # wait for other processes' writes instead of failing; NORMAL is durable enough in WAL mode
             db.conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
@@ -136,10 +140,13 @@ class ResponseCache:
         return conn
 
     def _fail(self, what: str, exc: BaseException) -> None:
+        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+            # the file is corrupt (not a lock or a full disk): stop touching it, run uncached from now on
+            self._broken = True
         if not self._warned:
             self._warned = True
-            logger.warning("response cache %s failed (%s: %s); requests go on uncached where it fails",
-                           what, type(exc).__name__, exc)
+            logger.warning("response cache %s failed (%s: %s); requests go on uncached%s", what, type(exc).__name__,
+                           exc, "" if self._broken else " where it fails")
 
     def _fresh(self, value: Any) -> Optional[dict]:
         if not isinstance(value, dict):
@@ -150,6 +157,8 @@ class ResponseCache:
 
     def get(self, key: str) -> Optional[dict]:
         """The stored entry, or None when absent or expired."""
+        if self._broken:
+            return None
         try:
             return self._fresh(self._handle().get(key))
         except Exception as exc:
@@ -159,7 +168,7 @@ class ResponseCache:
     def get_many(self, keys: Sequence[str]) -> Dict[str, dict]:
         """The fresh entries among `keys` (hits only), in one SELECT per 500 keys."""
         out: Dict[str, dict] = {}
-        if not keys:
+        if not keys or self._broken:
             return out
         try:
             conn = self._reader()
@@ -178,6 +187,8 @@ class ResponseCache:
 
     def set(self, key: str, value: Mapping[str, Any]) -> None:
         """Store `value` (plus its creation time); errors are logged once, never raised."""
+        if self._broken:
+            return
         try:
             self._handle()[key] = dict(value, created=self._clock())
         except Exception as exc:
@@ -200,6 +211,19 @@ class ResponseCache:
 
     def __repr__(self) -> str:
         return f"ResponseCache(path={self.path!r}, ttl={self.ttl})"
+
+
+class _QuietLog:
+    """A logger stand-in for sqlitedict's worker thread: every record goes to flexllm.cache at DEBUG."""
+
+    def _debug(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.pop("exc_info", None)
+        logger.debug("sqlitedict: " + str(msg), *args)
+
+    debug = info = warning = error = exception = critical = _debug
+
+
+_QUIET = _QuietLog()
 
 
 def _encode(value: Any) -> str:

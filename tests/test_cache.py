@@ -251,3 +251,21 @@ def test_entries_written_just_before_exit_are_kept(server, tmp_path):
     subprocess.run([sys.executable, "-c", script, server.url, str(tmp_path)], env=env, check=True, timeout=60)
     cache = ResponseCache(ResponseCacheConfig.persistent(cache_dir=str(tmp_path)))
     assert len(cache.get_many([cache_key("openai", "m", user(f"x{i}"), {}) for i in range(300)])) == 300
+
+
+def test_file_corrupted_while_running_warns_once_then_runs_uncached(server, tmp_path, caplog):
+    # issue 11 item 22: sqlitedict used to log ~18 ERROR lines per request from its worker thread
+    caplog.set_level(logging.DEBUG)
+    c = cached_client(server, tmp_path)
+    assert c.chat_completions_sync(user("before")) == "echo: before"
+    for name in os.listdir(tmp_path):
+        with open(tmp_path / name, "r+b") as f:
+            f.write(b"garbage!" * 4096)
+    caplog.clear()
+    for i in range(5):
+        assert c.chat_completions_sync(user(f"after {i}")) == f"echo: after {i}"
+    assert c.chat_completions_batch_sync([user("b1"), user("b2")], show_progress=False) == ["echo: b1", "echo: b2"]
+    above_info = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(above_info) == 1, [r.getMessage() for r in above_info]
+    assert "cache" in above_info[0].getMessage()
+    c.close()
