@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BENCHES = ["bench_throughput.py", "bench_qps.py", "bench_cache.py", "bench_memory.py"]
+BENCHES = ["bench_throughput.py", "bench_qps.py", "bench_budget.py", "bench_cache.py", "bench_memory.py"]
 
 
 def main() -> int:

@@ -254,7 +254,7 @@ class Limiter:
             extra = self._last_start + self._min_interval - now
             if extra > 0:
                 sleep(extra)
-                now += extra
+                now = max(self._clock(), now + extra)  # when this start really happens (a late wake counts)
             self._last_start = now
             return max(extra, 0.0)
 
