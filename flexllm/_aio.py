@@ -76,6 +76,8 @@ async def aiter_in_thread(executor: Executor, make_iter: Callable[[], Iterator[T
     ctx = contextvars.copy_context()
     handoff: "queue.Queue[Any]" = queue.Queue(maxsize)
     stop = threading.Event()
+    scope = _cancel.Scope(stop)  # a consumer that leaves also wakes the producer's retry sleep: no new attempt
+    ctx.run(_cancel.bind, scope)
     wakeup = asyncio.Event()
 
     def notify() -> None:

@@ -124,6 +124,52 @@ def test_cancelled_await_never_starts_a_retry(server):
     client.close()
 
 
+def test_abandoned_async_stream_never_starts_a_retry(server):
+    client = OpenAIClient(base_url=server.url, model="m", retry_times=3)
+
+    async def main():
+        stream = client.chat_completions_stream(user("[[mock:status=429;retry_after=100]] x"))
+        task = asyncio.create_task(stream.__anext__())
+        for _ in range(int(BOUND * 100)):
+            if server.requests:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()  # the consumer leaves while the producer sleeps out the Retry-After
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await stream.aclose()
+
+    asyncio.run(main())
+    pool = client._pool()
+    done = threading.Event()
+    threading.Thread(target=lambda: (pool.shutdown(wait=True), done.set()), daemon=True).start()
+    assert done.wait(BOUND), "the abandoned stream kept sleeping out its Retry-After"
+    assert len(server.requests) == 1
+    client.close()
+
+
+def test_cancelled_pool_batch_wakes_sleeping_retries(server, tmp_path):
+    from flexllm import LLMClientPool
+
+    pool = LLMClientPool(endpoints=[{"base_url": server.url, "api_key": "k", "model": "m"}], retry_times=3)
+    messages = [user(f"[[mock:status=429;retry_after=100]] {i}") for i in range(2)]
+
+    async def main():
+        task = asyncio.create_task(pool.chat_completions_batch(messages, output_file=str(tmp_path / "o.jsonl"),
+                                                               show_progress=False))
+        for _ in range(int(BOUND * 100)):
+            if len(server.requests) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, BOUND)
+
+    asyncio.run(main())
+    assert len(server.requests) == 2
+    pool.close()
+
+
 # -- item 15: a second Ctrl-C / SIGTERM ends a batch whose workers sleep out a Retry-After ----------------
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
