@@ -112,3 +112,23 @@ def test_rows_written_by_another_writer_after_start_are_seen(tmp_path, server):
     server.clear()
     conv = [{"role": "user", "content": "late"}]
     assert reader.lookup([5], [conv])[0]["output"] == "echo: late"
+
+
+def test_actors_share_one_redis_budget(ray_cluster, server, tmp_path):
+    from flexllm import RateLimit
+    from tests.test_budget_shared import Redis, max_in_window, stop
+
+    redis = Redis()
+    try:
+        limit = RateLimit(max_qps=20, shared=redis.url, name=f"ray-{tmp_path.name}")
+        out = ray.data.from_items(rows(300)).map_batches(LLMMapper, fn_constructor_kwargs=dict(
+            model="m", base_url=server.url, rate_limit=limit, concurrency_limit=16), concurrency=2, batch_size=50)
+        got = out.take_all()
+    finally:
+        stop(redis.proc)
+    assert sorted(r["id"] for r in got) == list(range(300))
+    assert all(r["status"] == "success" for r in got)
+    starts = [r.time for r in server.requests]
+    assert len(starts) == 300
+    most = max_in_window(starts)
+    assert most <= 21, f"{most} starts in one second (20/s for both actors together, +1 for arrival jitter)"
