@@ -55,14 +55,19 @@ def write_csv(jsonl_path: str, csv_path: str) -> int:
         columns = _BASE + [k for k in _OPTIONAL if k in optional]
         meta_columns = [k for k in meta_keys if k not in columns]
         tmp = f"{csv_path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8", newline="") as out:
-            writer = csv.writer(out)
-            writer.writerow(columns + meta_columns)
-            for index in sorted(best):
-                f.seek(best[index][1])
-                record = decode(f.readline()) or {}
-                writer.writerow(_row(record, columns, meta_columns))
-        os.replace(tmp, csv_path)
+        try:
+            with open(tmp, "w", encoding="utf-8", newline="") as out:
+                writer = csv.writer(out)
+                writer.writerow(columns + meta_columns)
+                for index in sorted(best):
+                    f.seek(best[index][1])
+                    record = decode(f.readline()) or {}
+                    writer.writerow(_row(record, columns, meta_columns))
+            os.replace(tmp, csv_path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
     return len(best)
 
 

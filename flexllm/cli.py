@@ -309,7 +309,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
         return code
     _print_summary(summary, checkpoint)
     if csv_out:
-        print(f"csv: {csv_out} ({write_csv(checkpoint, csv_out)} rows)", file=sys.stderr)
+        try:
+            print(f"csv: {csv_out} ({write_csv(checkpoint, csv_out)} rows)", file=sys.stderr)
+        except OSError as exc:
+            print(f"flexllm: cannot write the CSV {csv_out}: {exc.strerror}; the results are in {checkpoint} "
+                  "(rerun the same command to write it)", file=sys.stderr)
+            return EXIT_FAILED
     if summary.get("stopped_reason") == "budget":
         print(f"flexllm: stopped at the cost cap: ${summary['estimated_cost_usd']:.6f} spent of --max-cost "
               f"{args.max_cost}; results so far are in {checkpoint}, rerun with a higher --max-cost to continue",

@@ -128,3 +128,13 @@ def test_params_on_an_input_line(server, tmp_path):
     write_lines(inp, [{"prompt": "a", "params": "hot"}])
     res = batch(server, inp, tmp_path / "o2.jsonl")
     assert res.returncode == 2 and "in.jsonl:1" in res.stderr and '"params" must be a JSON object' in res.stderr
+
+
+def test_an_unwritable_csv_is_named_and_the_jsonl_is_kept(server, tmp_path):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "res.csv"
+    write_lines(inp, [{"prompt": "a"}])
+    out.mkdir()  # the CSV path is a directory
+    res = batch(server, inp, out, "--format", "csv")
+    assert res.returncode == 1 and f"cannot write the CSV {out}" in res.stderr
+    assert read_records(tmp_path / "res.jsonl")[0]["output"] == "echo: a"
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]  # no half-written CSV left behind
