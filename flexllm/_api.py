@@ -14,7 +14,6 @@ from ._aio import aiter_in_thread, run_in_thread, run_stoppable
 from ._logging import get_logger
 from ._messages import check_messages
 from ._pipeline import Outcome
-from .structured import is_model_instance
 from .types import BatchResultItem, ChatCompletionResult, StreamEvent
 
 __all__ = ["ClientAPI"]
@@ -24,15 +23,13 @@ logger = get_logger("flexllm")
 Reply = Union[str, ChatCompletionResult, Dict[str, Any]]
 
 
-def _reply_of(item: BatchResultItem, return_usage: bool) -> Any:
-    """What a batch returns for one item: None (failed), a ChatCompletionResult, a model instance or the text."""
+def _reply_of(item: BatchResultItem, return_usage: bool) -> Optional[Union[str, ChatCompletionResult]]:
+    """What a batch returns for one item: None (failed), its text, or a ChatCompletionResult (with .parsed)."""
     if item.status == "error":
         return None
     if return_usage:
         return ChatCompletionResult(item.content or "", item.usage, item.reasoning_content, item.tool_calls,
                                     item.finish_reason, item.parsed)
-    if is_model_instance(item.parsed):
-        return item.parsed
     return item.content
 
 
@@ -173,9 +170,8 @@ class ClientAPI:
                                     **kwargs: Any) -> Union[List[Any], Tuple[List[Any], dict]]:
         """Replies in input order (`None` for a failed item), or `(replies, summary)` with return_summary.
 
-        `return_usage=True` gives `ChatCompletionResult`s (usage, finish_reason, tool_calls, parsed); a
-        Pydantic `response_format` gives model instances, as single calls do. Other keywords: see
-        `iter_chat_completions_batch`.
+        `return_usage=True` gives `ChatCompletionResult`s (usage, finish_reason, tool_calls, and `.parsed`,
+        the validated structured reply). Other keywords: see `iter_chat_completions_batch`.
         """
         return self._batch(messages_list, output_file, show_progress, return_summary, flush_interval,
                            metadata_list, model, skip_cache,

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import threading
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ._hashing import canonical_json
 from .errors import ResponseValidationError
 
-__all__ = ["DEFAULT_VALIDATION_RETRIES", "ResponseSchema", "fill_parsed", "is_model_instance", "json_schema_of",
-           "prepare", "response_schema", "to_json"]
+__all__ = ["DEFAULT_VALIDATION_RETRIES", "ResponseSchema", "fill_parsed", "json_schema_of", "prepare",
+           "response_schema"]
 
 DEFAULT_VALIDATION_RETRIES = 2
 #: response_format types that are not a schema: sent as given, never validated
@@ -130,20 +129,6 @@ def json_schema_of(response_format: Any) -> Optional[Tuple[str, Dict[str, Any]]]
     if not isinstance(spec, Mapping) or not isinstance(spec.get("schema"), Mapping):
         return None
     return str(spec.get("name") or "response"), dict(spec["schema"])
-
-
-def to_json(parsed: Any) -> Any:
-    """A parsed value as plain JSON data (a model instance becomes its `model_dump(mode="json")`)."""
-    dump = getattr(parsed, "model_dump", None)
-    if dump is not None and is_model_instance(parsed):
-        return dump(mode="json")
-    return parsed
-
-
-def is_model_instance(value: Any) -> bool:
-    """True for a Pydantic model instance (without importing pydantic when nobody else did)."""
-    pydantic = sys.modules.get("pydantic")
-    return pydantic is not None and isinstance(value, pydantic.BaseModel)
 
 
 # -- building ----------------------------------------------------------------------------------------------

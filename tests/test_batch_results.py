@@ -145,8 +145,11 @@ def test_schema_batch_reasks_invalid_json_and_stores_parsed(server, tmp_path):
     records = {r["index"]: r for r in read_records(out)}
     assert records[3]["parsed"] == {"name": "p3", "age": 1} and records[3]["attempts"] == 2
     server.clear()
-    again = c.chat_completions_batch_sync(msgs, output_file=out, show_progress=False, response_format=Person)
-    assert server.requests == [] and again[3] == Person(name="p3", age=1)  # resumed as model instances
+    again = c.chat_completions_batch_sync(msgs, output_file=out, show_progress=False, response_format=Person,
+                                          return_usage=True)
+    assert server.requests == [] and again[3].parsed == Person(name="p3", age=1)  # resumed as model instances
+    texts = c.chat_completions_batch_sync(msgs, output_file=out, show_progress=False, response_format=Person)
+    assert Person.model_validate_json(texts[3]) == Person(name="p3", age=1)  # batches return text, as always
 
 
 def test_valid_json_failing_the_schema_never_lands_as_success(server, tmp_path):
@@ -172,7 +175,7 @@ def test_cached_replies_are_validated_too(server, tmp_path):
     cache = ResponseCacheConfig(enabled=True, cache_dir=str(tmp_path / "cache"))
     c = client_for(server, cache=cache)
     assert c.chat_completions_batch_sync([user("c")], show_progress=False, response_format=Person) == \
-        [Person(name="c", age=1)]
+        ['{"name": "c", "age": 1}']
     server.clear()
     res = c.chat_completions_batch_sync([user("c")], show_progress=False, response_format=Person, return_usage=True)
     assert res[0].parsed == Person(name="c", age=1) and server.requests == []
@@ -214,9 +217,10 @@ def test_params_iterable_is_consumed_alongside_a_generator(server):
 
 def test_per_item_response_format(server):
     c = client_for(server)
-    res = c.chat_completions_batch_sync([user("plain"), user("typed")], show_progress=False,
+    res = c.chat_completions_batch_sync([user("plain"), user("typed")], show_progress=False, return_usage=True,
                                         params_list=[None, {"response_format": Person}])
-    assert res == ["echo: plain", Person(name="typed", age=1)]
+    assert [r.content for r in res] == ["echo: plain", '{"name": "typed", "age": 1}']
+    assert [r.parsed for r in res] == [None, Person(name="typed", age=1)]
 
 
 # -- budget -------------------------------------------------------------------------------------------
