@@ -6,7 +6,7 @@ import mimetypes
 import os
 import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from ..errors import APIStatusError, ContentBlockedError, QuotaExceededError, ResponseParseError, status_error_class
 from ..types import ChatCompletionResult, StreamEvent
@@ -32,6 +32,7 @@ NATIVE = frozenset({"maxOutputTokens", "candidateCount", "topP", "topK", "stopSe
 PASS_THROUGH = frozenset({"generationConfig", "safetySettings", "safety_settings", "extra_body", "tools",
                           "tool_choice", "toolConfig", "cachedContent", "labels", "stream", "stream_options",
                           "stop", "response_format", "extra_headers"})
+_LOCATION = re.compile(r"^[a-z0-9-]+$")
 _DURATION = re.compile(r"^\s*([0-9.]+)\s*(ms|s)?\s*$")
 
 
@@ -108,10 +109,50 @@ def _parts(content: Any) -> List[Dict[str, Any]]:
     return parts
 
 
+def _declaration(fn: Any) -> Dict[str, Any]:
+    """An OpenAI function definition → a Gemini functionDeclaration (JSON Schema parameters, no `strict`)."""
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        raise ValueError("each tool of type 'function' needs a function with a name")
+    decl: Dict[str, Any] = {"name": fn["name"]}
+    if fn.get("description"):
+        decl["description"] = fn["description"]
+    if fn.get("parameters") is not None:
+        decl["parametersJsonSchema"] = fn["parameters"]  # Gemini's `parameters` is an OpenAPI subset
+    return decl
+
+
+def _tool_choice(choice: Any) -> Dict[str, Any]:
+    """OpenAI's tool_choice → Gemini's functionCallingConfig."""
+    modes = {"auto": "AUTO", "none": "NONE", "required": "ANY", "any": "ANY"}
+    if isinstance(choice, str) and choice in modes:
+        return {"mode": modes[choice]}
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name") if isinstance(choice.get("function"), dict) else None
+        if isinstance(name, str):
+            return {"mode": "ANY", "allowedFunctionNames": [name]}
+    raise ValueError(f"tool_choice must be 'auto', 'none', 'required' or "
+                     f"{{'type': 'function', 'function': {{'name': ...}}}}, got {choice!r}")
+
+
+def _call_args(fn: Dict[str, Any]) -> Any:
+    args = fn.get("arguments") or "{}"
+    if not isinstance(args, str):
+        return args
+    try:
+        return json.loads(args)
+    except ValueError:
+        raise ValueError(f"tool call {fn.get('name')!r}: arguments are not valid JSON") from None
+
+
 def to_contents(messages: List[dict]) -> Tuple[List[Dict[str, Any]], Optional[Dict[str, Any]]]:
-    """OpenAI-style messages → (contents, systemInstruction)."""
+    """OpenAI-style messages → (contents, systemInstruction).
+
+    A tool result names its function (looked up from the assistant's tool call with that id), and the
+    results of one turn's parallel calls go back together in one user turn, as Gemini requires.
+    """
     contents: List[Dict[str, Any]] = []
     system: List[Dict[str, Any]] = []
+    names: Dict[str, str] = {}  # tool_call_id → function name
     for m in messages:
         role = m.get("role")
         if role in ("system", "developer"):
@@ -119,10 +160,12 @@ def to_contents(messages: List[dict]) -> Tuple[List[Dict[str, Any]], Optional[Di
         elif role in ("user", "assistant", "model"):
             parts = _parts(m.get("content"))
             for call in m.get("tool_calls") or ():
-                fn = call.get("function", {})
-                args = fn.get("arguments") or "{}"
-                parts.append({"functionCall": {"name": fn.get("name"),
-                                               "args": json.loads(args) if isinstance(args, str) else args}})
+                fn = call.get("function") if isinstance(call, dict) else None
+                if not isinstance(fn, dict):
+                    raise ValueError("each tool call in an assistant message needs a 'function' object")
+                if isinstance(call.get("id"), str) and isinstance(fn.get("name"), str):
+                    names[call["id"]] = fn["name"]
+                parts.append({"functionCall": {"name": fn.get("name"), "args": _call_args(fn)}})
             contents.append({"role": "user" if role == "user" else "model", "parts": parts})
         elif role == "tool":
             payload = m.get("content")
@@ -130,9 +173,15 @@ def to_contents(messages: List[dict]) -> Tuple[List[Dict[str, Any]], Optional[Di
                 payload = json.loads(payload) if isinstance(payload, str) else payload
             except ValueError:
                 pass
-            contents.append({"role": "user", "parts": [{"functionResponse": {
-                "name": m.get("name") or m.get("tool_call_id") or "tool",
-                "response": payload if isinstance(payload, dict) else {"result": payload}}}]})
+            part = {"functionResponse": {
+                "name": m.get("name") or names.get(m.get("tool_call_id") or "") or m.get("tool_call_id") or "tool",
+                "response": payload if isinstance(payload, dict) else {"result": payload}}}
+            last = contents[-1] if contents else None
+            if last is not None and last["role"] == "user" and last["parts"] and \
+                    all("functionResponse" in p for p in last["parts"]):
+                last["parts"].append(part)  # parallel calls: every result in one turn
+            else:
+                contents.append({"role": "user", "parts": [part]})
         else:
             raise ValueError(f"unsupported message role {role!r} for Gemini")
     return contents, ({"parts": system} if system else None)
@@ -209,19 +258,26 @@ class GeminiAdapter(ProviderAdapter):
         if use_vertex_ai:
             if not project_id:
                 raise ValueError("Vertex AI needs project_id")
+            if not _LOCATION.match(location or ""):
+                raise ValueError(f"location must be a Google Cloud region like 'us-central1' or 'global', got {location!r}")
             host = "https://aiplatform.googleapis.com" if location == "global" else \
                 f"https://{location}-aiplatform.googleapis.com"
             base = (base_url or host).rstrip("/")
             version = api_version or "v1"
-            self._prefix = f"{base}/{version}/projects/{project_id}/locations/{location}/publishers/google/models/"
+            self._root = f"{base}/{version}/"
+            self._prefix = (f"{self._root}projects/{quote(project_id, safe=':.')}/locations/{location}"
+                            "/publishers/google/models/")
         else:
             if not self._api_key:
                 raise ValueError("the Gemini Developer API needs api_key= (or GEMINI_API_KEY / GOOGLE_API_KEY)")
             base = (base_url or DEVELOPER_BASE).rstrip("/")
+            if base.endswith("/models"):  # a base URL copied with its collection
+                base = base[:-len("/models")]
             version = api_version or "v1beta"
-            if base.endswith(("/v1beta", "/v1")):
+            if base.endswith(("/v1beta", "/v1", "/v1alpha")):
                 base, version = base.rsplit("/", 1)
-            self._prefix = f"{base}/{version}/models/"
+            self._root = f"{base}/{version}/"
+            self._prefix = f"{self._root}models/"
         self.base_url = base
         self._headers = {"Content-Type": "application/json"}
         if self._api_key and not use_vertex_ai:
@@ -243,6 +299,8 @@ class GeminiAdapter(ProviderAdapter):
             body["safetySettings"] = safety
         if params.get("tools"):
             body["tools"] = self._tools(params["tools"])
+        if params.get("tool_choice") is not None:
+            body["toolConfig"] = {"functionCallingConfig": _tool_choice(params["tool_choice"])}
         for key in ("toolConfig", "cachedContent", "labels"):
             if key in params:
                 body[key] = params[key]
@@ -254,7 +312,13 @@ class GeminiAdapter(ProviderAdapter):
             headers = dict(headers, Authorization=f"Bearer {clean_secret(self._token_provider(), 'access token')}")
         if params.get("extra_headers"):
             headers = {**headers, **check_headers(params["extra_headers"], "extra_headers")}
-        return RequestSpec("POST", f"{self._prefix}{model_id}:{action}", headers, body, params.get("timeout"))
+        return RequestSpec("POST", f"{self._model_url(model_id)}:{action}", headers, body, params.get("timeout"))
+
+    def _model_url(self, model_id: str) -> str:
+        """The model's resource URL; the name is escaped, so `?`, `#` or `/` in it cannot change the path."""
+        if model_id.startswith("tunedModels/") and not self.use_vertex_ai:
+            return self._root + "tunedModels/" + quote(model_id[len("tunedModels/"):], safe="-._~@")
+        return self._prefix + quote(model_id, safe="-._~@")
 
     def _generation_config(self, model: str, params: Dict[str, Any]) -> Dict[str, Any]:
         config: Dict[str, Any] = {}
@@ -290,7 +354,7 @@ class GeminiAdapter(ProviderAdapter):
 
     @staticmethod
     def _tools(tools: List[dict]) -> List[dict]:
-        decls = [t["function"] for t in tools if isinstance(t, dict) and t.get("type") == "function"]
+        decls = [_declaration(t["function"]) for t in tools if isinstance(t, dict) and t.get("type") == "function"]
         native = [t for t in tools if isinstance(t, dict) and t.get("type") != "function"]
         return ([{"functionDeclarations": decls}] if decls else []) + native
 
