@@ -36,9 +36,13 @@ def strip_inline_media(obj: Any) -> Any:
     return obj
 
 
+# one encoder for every call: json.dumps with these options would build a new JSONEncoder each time
+_CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str).encode
+
+
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace: equal values give equal strings."""
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return _CANONICAL(obj)
 
 
 def messages_hash(messages: List[dict]) -> str:

@@ -180,7 +180,16 @@ class Pipeline:
         cache = self.cache
         if cache is None:
             return [None] * len(requests)
-        keys = [self.cache_key(m, model, wire_params(p)) for m, model, p in requests]
+        from .cache import cache_key
+
+        name, key_params = self.adapter.name, self.adapter.cache_params
+        shared: Dict[int, Dict[str, Any]] = {}  # a batch's items share one params dict: filter it once
+        keys = []
+        for m, model, p in requests:
+            wanted = shared.get(id(p))
+            if wanted is None:
+                wanted = shared[id(p)] = key_params(wire_params(p))
+            keys.append(cache_key(name, model, m, wanted))
         hits = cache.get_many(keys)
         return [hits.get(k) for k in keys]
 

@@ -177,9 +177,13 @@ class ResponseCache:
                 chunk = unique[start:start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
                 rows = conn.execute(f'SELECT key, value FROM "{_TABLE}" WHERE key IN ({marks})', chunk).fetchall()
+                oldest = self._clock() - self.ttl if self.ttl > 0 else None
                 for key, raw in rows:
-                    value = self._fresh(json.loads(raw))
-                    if value is not None:
+                    try:
+                        value = _loads(raw)
+                    except (ValueError, TypeError):  # one unreadable entry is a miss, not a failed lookup
+                        continue
+                    if isinstance(value, dict) and (oldest is None or float(value.get("created", 0.0)) >= oldest):
                         out[key] = value
         except Exception as exc:
             self._fail("read", exc)
@@ -224,6 +228,21 @@ class _QuietLog:
 
 
 _QUIET = _QuietLog()
+
+
+_SCAN = json.JSONDecoder().scan_once
+
+
+def _loads(raw: Any) -> Any:
+    """json.loads for the values we wrote (compact JSON text), minus json.loads' per-call Python layers."""
+    if type(raw) is str:
+        try:
+            value, end = _SCAN(raw, 0)
+            if end == len(raw):
+                return value
+        except StopIteration:
+            pass
+    return json.loads(raw)  # anything else (bytes, padding, garbage) the usual way, with its usual errors
 
 
 def _encode(value: Any) -> str:

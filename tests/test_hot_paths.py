@@ -1,0 +1,36 @@
+"""Hot-path shortcuts keep their results: cache keys never change (users' caches stay valid) and the
+bulk cache read decodes exactly what json.loads would."""
+import json
+import sqlite3
+
+from flexllm import OpenAIClient, ResponseCacheConfig
+from flexllm.cache import CACHE_FILENAME, cache_key
+
+from .conftest import user
+
+
+def test_cache_key_value_is_pinned():
+    # the SHA-256 of canonical JSON written by json.dumps(sort_keys, compact, ensure_ascii=False)
+    key = cache_key("openai", "m", [{"role": "user", "content": "héllo"}], {"temperature": 0.5, "top_p": None})
+    assert key == "ef6233ad43e9a056442d70a2573ba3517ada760627d3cfdfcd117c5b733ef948"
+
+
+def test_bulk_cache_read_takes_padded_bytes_and_garbage_values_like_json_loads(server, tmp_path):
+    c = OpenAIClient(base_url=server.url, model="m", cache=ResponseCacheConfig.persistent(cache_dir=str(tmp_path)))
+    items = [user(f"q{i}") for i in range(4)]
+    assert c.chat_completions_batch_sync(items, show_progress=False) == [f"echo: q{i}" for i in range(4)]
+    c.close()
+    keys = [cache_key("openai", "m", m, {}) for m in items]
+    db = sqlite3.connect(str(tmp_path / CACHE_FILENAME))
+    row = json.dumps({"content": "padded", "usage": None})
+    db.execute("UPDATE responses SET value = ? WHERE key = ?", ("  " + row + "\n", keys[0]))  # padded text
+    db.execute("UPDATE responses SET value = ? WHERE key = ?", (row.replace("padded", "bytes").encode(), keys[1]))
+    db.execute("UPDATE responses SET value = ? WHERE key = ?", ('{"content": "x"} trailing', keys[2]))  # garbage
+    db.commit()
+    db.close()
+    c = OpenAIClient(base_url=server.url, model="m", cache=ResponseCacheConfig.persistent(cache_dir=str(tmp_path)))
+    server.clear()
+    out = c.chat_completions_batch_sync(items, show_progress=False)
+    assert out[:2] == ["padded", "bytes"] and out[3] == "echo: q3"
+    assert out[2] == "echo: q2"  # an unreadable entry is a miss: asked again, never a crash
+    c.close()
