@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-dev
 TEST_EXTRAS ?= dev,ray,proxy-tests
 TEST_STAMP  := $(VENV)/.installed-test
 
-.PHONY: install test demo bench lint clean redis-server
+.PHONY: install test demo bench bench-quick lint clean redis-server
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,11 @@ test: $(TEST_STAMP) redis-server  ## run the test suite (what CI runs); pytest's
 demo: $(STAMP)  ## a real batch against the built-in mock server: progress, output file, resume
 	$(PY) -m flexllm.demo
 
-bench: $(STAMP)  ## benchmarks against a raw httpx thread-pool baseline measured in the same run
+bench: $(STAMP)  ## benchmarks, with raw httpx and upstream flexllm 0.17.10 baselines measured in the same run
 	$(PY) benchmarks/run_all.py
+
+bench-quick: $(STAMP)  ## the same benchmarks with smaller workloads (about a minute)
+	BENCH_QUICK=1 $(PY) benchmarks/run_all.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check flexllm tests benchmarks

@@ -1,4 +1,7 @@
-"""Shared benchmark plumbing: a mock server in its own process (own core), the raw-httpx baseline."""
+"""Shared benchmark plumbing: servers in their own process (own core), the raw-httpx and upstream baselines.
+
+`BENCH_QUICK=1` (`make bench-quick`) shrinks every workload so the whole run takes about a minute.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -9,11 +12,15 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 import httpx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.join(ROOT, "benchmarks")
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+UPSTREAM_VERSION = "0.17.10"
+UPSTREAM_VENV = os.path.join(HERE, ".venv-upstream")
 
 
 def pin(core: int) -> None:
@@ -36,6 +43,58 @@ def mock_server(latency: float = 0.0, jitter: float = 0.0) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@contextlib.contextmanager
+def lean_server(latency: float = 0.0) -> Iterator[str]:
+    """benchmarks/_server.py (one asyncio loop) on the last core; yields its OpenAI base URL.
+
+    For the scale and CPU benchmarks: it holds any number of slow replies without becoming the bottleneck
+    (`server_stats` tells how late its replies went out). flexllm.mock stays for fault-injection runs.
+    """
+    cmd = [sys.executable, os.path.join(HERE, "_server.py"), "--latency", str(latency)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT, text=True,
+                            preexec_fn=lambda: pin((os.cpu_count() or 1) - 1))
+    try:
+        line = proc.stdout.readline()
+        if "listening on" not in line:
+            raise RuntimeError(f"benchmark server did not start: {line!r}")
+        yield line.strip().rsplit(" ", 1)[-1]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def server_stats(url: str, reset: bool = True) -> dict:
+    """The lean server's counters (requests, peak in flight, latest reply vs schedule, its CPU seconds)."""
+    root = url.rsplit("/v1", 1)[0]
+    stats = httpx.get(root + "/_stats", timeout=30).json()
+    if reset:
+        httpx.get(root + "/_reset", timeout=30)
+    return stats
+
+
+def upstream(mode: str, url: str, n: int, concurrency: int, *extra: str) -> Optional[dict]:
+    """Run `_upstream.py` under flexllm 0.17.10 in its own venv (created on first use); None if unavailable.
+
+    The venv lives in benchmarks/.venv-upstream (gitignored): a baseline for the benchmarks, never a
+    dependency of flexllm.
+    """
+    python = os.path.join(UPSTREAM_VENV, "bin", "python")
+    if not os.path.exists(python):
+        print(f"(creating {UPSTREAM_VENV} with flexllm=={UPSTREAM_VERSION} for the upstream baseline)", flush=True)
+        ok = subprocess.call([sys.executable, "-m", "venv", UPSTREAM_VENV]) == 0 and subprocess.call(
+            [python, "-m", "pip", "install", "--quiet", f"flexllm=={UPSTREAM_VERSION}"]) == 0
+        if not ok:
+            print("(upstream baseline unavailable: could not install it)", flush=True)
+            return None
+    out = subprocess.run([python, os.path.join(HERE, "_upstream.py"), mode, url, str(n), str(concurrency), *extra],
+                         capture_output=True, text=True, cwd=HERE, timeout=1800)
+    for line in out.stdout.splitlines():
+        if line.startswith("UPSTREAM "):
+            return json.loads(line[len("UPSTREAM "):])
+    print(f"(upstream baseline failed: {out.stderr.strip()[-500:]})", flush=True)
+    return None
 
 
 def recorded(url: str) -> List[dict]:

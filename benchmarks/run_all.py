@@ -1,4 +1,4 @@
-"""Run every benchmark, each in its own process: `make bench` (or python benchmarks/run_all.py)."""
+"""Run every benchmark, each in its own process: `make bench` (`make bench-quick`: BENCH_QUICK=1, smaller runs)."""
 from __future__ import annotations
 
 import os
@@ -6,11 +6,13 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BENCHES = ["bench_throughput.py", "bench_qps.py", "bench_budget.py", "bench_cache.py", "bench_memory.py"]
+BENCHES = ["bench_throughput.py", "bench_scale.py", "bench_qps.py", "bench_budget.py", "bench_cache.py",
+           "bench_cli.py", "bench_memory.py"]
 
 
 def main() -> int:
     failed = 0
+    print(f"== load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
     for name in sys.argv[1:] or BENCHES:
         print(f"== {name}", flush=True)
         rc = subprocess.call([sys.executable, os.path.join(HERE, name)], cwd=os.path.dirname(HERE))
