@@ -42,7 +42,23 @@ gemini_like = st.fixed_dictionaries({"candidates": st.lists(st.fixed_dictionarie
         st.fixed_dictionaries({"functionCall": st.one_of(inner, st.fixed_dictionaries(
             {"name": inner}, optional={"args": inner}))})), max_size=3))}))},
     optional={"finishReason": inner}), max_size=2)}, optional={"usageMetadata": inner, "promptFeedback": inner})
-replies = st.one_of(objects, openai_like, gemini_like)
+anthropic_like = st.one_of(
+    st.fixed_dictionaries({"type": st.sampled_from(["content_block_delta", "content_block_start", "message_start",
+                                                    "message_delta", "message_stop", "error", "ping"])},
+                          optional={"index": inner, "delta": st.one_of(inner, st.fixed_dictionaries(
+                              {"type": st.sampled_from(["text_delta", "thinking_delta", "input_json_delta"])},
+                              optional={"text": inner, "thinking": inner, "partial_json": inner,
+                                        "stop_reason": inner})),
+                                    "content_block": st.one_of(inner, st.fixed_dictionaries(
+                                        {"type": st.sampled_from(["text", "thinking", "tool_use"])},
+                                        optional={"text": inner, "thinking": inner, "id": inner, "name": inner})),
+                                    "message": st.one_of(inner, st.fixed_dictionaries({}, optional={"usage": inner})),
+                                    "usage": inner, "error": inner}),
+    st.fixed_dictionaries({"content": st.one_of(inner, st.lists(st.one_of(objects, st.fixed_dictionaries(
+        {"type": st.sampled_from(["text", "thinking", "tool_use", "redacted_thinking"])},
+        optional={"text": inner, "thinking": inner, "id": inner, "name": inner, "input": inner})), max_size=3))},
+        optional={"stop_reason": inner, "usage": inner}))
+replies = st.one_of(objects, openai_like, gemini_like, anthropic_like)
 errors = st.one_of(json_values, st.fixed_dictionaries({"error": st.one_of(inner, st.fixed_dictionaries(
     {"message": inner}, optional={"details": st.one_of(inner, st.lists(inner, max_size=3)), "status": inner,
                                   "code": inner, "type": inner}))}))

@@ -13,7 +13,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from ..errors import APIStatusError, ContentBlockedError, QuotaExceededError, ResponseParseError, status_error_class
 from ..types import ChatCompletionResult, StreamEvent
 from ._anthropic_request import content_blocks, output_format, to_messages, tool_choice, tools
-from .base import LIBRARY_KWARGS, ProviderAdapter, RequestSpec, StreamReply, check_headers, clean_secret
+from .base import LIBRARY_KWARGS, MAX_ERROR_TEXT, ProviderAdapter, RequestSpec, StreamReply, as_str, check_headers, \
+    clean_secret, shape_guard
 from .registry import Provider, register
 
 __all__ = ["DEFAULT_MAX_TOKENS", "THINKING_BUDGETS", "AnthropicAdapter", "split_claude_thoughts", "to_messages",
@@ -40,7 +41,6 @@ NATIVE = frozenset({"system", "stop_sequences", "service_tier", "output_config",
                     "context_management", "inference_geo"})
 HANDLED = frozenset({"tools", "tool_choice", "parallel_tool_calls", "response_format", "user", "stream",
                      "stream_options", "extra_body", "extra_headers", "anthropic_beta"})
-_MAX_ERROR_TEXT = 500
 
 
 def _budget(thinking: Any) -> Optional[int]:
@@ -97,13 +97,15 @@ def split_claude_thoughts(content: Any) -> Tuple[str, str, List[Dict[str, Any]]]
 
 
 def _error_of(body: Any) -> Tuple[str, Optional[str]]:
+    """The whole error message and type (never cut here: `status_error` redacts first, then cuts)."""
     err = body.get("error") if isinstance(body, dict) else None
     if isinstance(err, dict):
-        return str(err.get("message") or err.get("type") or "")[:_MAX_ERROR_TEXT], err.get("type")
+        kind = err.get("type")
+        return str(err.get("message") or kind or ""), (kind if isinstance(kind, str) else None)
     if isinstance(err, str):
-        return err[:_MAX_ERROR_TEXT], None
+        return err, None
     text = body if isinstance(body, str) else json.dumps(body, default=str)
-    return text.strip()[:_MAX_ERROR_TEXT], None
+    return text.strip(), None
 
 
 class _StreamParser:
@@ -115,14 +117,15 @@ class _StreamParser:
         self.usage: Dict[str, Any] = {}
         self.tools: Dict[int, int] = {}  # content block index → tool call index
 
+    @shape_guard
     def __call__(self, line: str) -> Optional[StreamEvent]:
         if not line.startswith("data:"):
             return None  # "event:" names repeat the data's type; blanks and comments carry nothing
         try:
             chunk = json.loads(line[5:])
         except ValueError:
-            raise ResponseParseError(f"stream chunk is not JSON: {line[5:205]!r}", provider=self.adapter.name,
-                                     model=self.model) from None
+            raise ResponseParseError(f"stream chunk is not JSON: {self.adapter.redact(line[5:])[:200]!r}",
+                                     provider=self.adapter.name, model=self.model) from None
         if not isinstance(chunk, dict):
             raise ResponseParseError("stream chunk is not a JSON object", provider=self.adapter.name, model=self.model)
         kind = chunk.get("type")
@@ -242,14 +245,15 @@ class AnthropicAdapter(ProviderAdapter):
                 headers["anthropic-beta"] = beta if isinstance(beta, str) else ",".join(beta)
         return RequestSpec("POST", self._url, headers, body, params.get("timeout"))
 
+    @shape_guard
     def parse_response(self, data: Dict[str, Any], *, model: str) -> ChatCompletionResult:
         content = data.get("content")
         if data.get("type") == "error" or not isinstance(content, list):
             message, _ = _error_of(data)
-            raise ResponseParseError(f"reply has no content blocks (server said: {message})", provider=self.name,
-                                     model=model)
+            raise ResponseParseError(f"reply has no content blocks (server said: "
+                                     f"{self.redact(message)[:MAX_ERROR_TEXT]})", provider=self.name, model=model)
         text, thought, calls = split_claude_thoughts(content)
-        reason = data.get("stop_reason")
+        reason = as_str(data.get("stop_reason"))
         if reason == "refusal" and not text and not calls:
             raise ContentBlockedError("Claude refused to answer (stop_reason: refusal)", reason="refusal",
                                       provider=self.name, model=model)

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .._logging import redact_secrets
-from ..errors import APIStatusError, ResponseParseError
+from ..errors import APIStatusError, LLMError, ResponseParseError
 from ..types import ChatCompletionResult, StreamEvent
 
-__all__ = ["LIBRARY_KWARGS", "MAX_ERROR_TEXT", "ProviderAdapter", "RequestSpec", "StreamReply", "as_dict", "as_str",
-           "check_headers", "clean_secret", "decode_sse_json"]
+__all__ = ["LIBRARY_KWARGS", "MAX_ERROR_TEXT", "ProviderAdapter", "RequestSpec", "SHAPE_ERRORS", "StreamReply", "as_dict",
+           "as_str", "check_headers", "clean_secret", "decode_sse_json", "shape_guard"]
 
 #: server text quoted in an error message is cut to this many characters (after redaction)
 MAX_ERROR_TEXT = 500
@@ -86,6 +86,29 @@ def decode_sse_json(payload: str, *, provider: str, model: str,
         raise ResponseParseError(f"server error inside stream: {redact(str(chunk['error']))[:MAX_ERROR_TEXT]}",
                                  provider=provider, model=model)
     return chunk
+
+
+#: what a parser hits on a reply of the wrong shape; `shape_guard` turns them into ResponseParseError
+SHAPE_ERRORS = (TypeError, AttributeError, KeyError, IndexError, ValueError)
+
+
+def shape_guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator for a reply parser: a reply of the wrong shape raises ResponseParseError, never a TypeError.
+
+    A backstop for parsers that index into replies directly; flexllm's own errors pass through untouched.
+    """
+    @functools.wraps(fn)
+    def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except LLMError:
+            raise
+        except SHAPE_ERRORS as exc:
+            name = getattr(self, "name", None) or getattr(getattr(self, "adapter", None), "name", None)
+            raise ResponseParseError(f"reply has an unexpected shape ({type(exc).__name__}: {str(exc)[:100]})",
+                                     provider=name, model=kwargs.get("model") or getattr(self, "model", None)) \
+                from None
+    return guarded
 
 
 def as_dict(value: Any) -> Optional[Dict[str, Any]]:
