@@ -10,6 +10,12 @@ polls until nothing is in flight. Items of expired, failed or cancelled batches 
 submitted by the next run; per-item errors are recorded like live errors (and retried by the next run).
 Each run submits an item at most once.
 
+The ledger `<output>.batches` is JSON Lines, one event per line, appended with one whole-line write each
+(every line: `"v": 1, "event", "tag", "time"`): `intent` (provider, model, indexes as compact ranges
+"0-99,120", n, bytes, file_id; written before `create`), `created` (batch_id, expires_at), `abandoned`
+(no batch exists for the intent), `status` (the provider's status name, counts), `fallback` (sent live),
+`collected` (status, succeeded, errored, returned). Full format: `flexllm._batch_ledger`.
+
 Crash safety: the payload is uploaded first; an `intent` line (with a unique tag that also goes into
 the provider batch's metadata) is on disk before `create`; `created` right after. A run killed between
 the two is resolved by the next run from the provider's list of batches, so an item is never in two

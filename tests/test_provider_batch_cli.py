@@ -131,3 +131,10 @@ def test_dry_run_shows_the_batch_price_and_sends_nothing(server, tmp_path):
     assert abs(float(s["estimated_cost_usd"]) - float(s["live_cost_usd"]) / 2) < 1e-8
     assert float(s["live_cost_usd"]) > float(s["live_input_cost_usd"])  # 20 reply tokens each, at most
     assert server.requests == [] and not out.exists()
+
+
+def test_pricing_shows_the_batch_price():
+    one = run("pricing", "gpt-4o-mini")
+    assert one.returncode == 0 and "provider batch" in one.stdout and "input $0.075" in one.stdout
+    table = run("pricing")
+    assert "batch in" in table.stdout and "50%" in table.stdout
