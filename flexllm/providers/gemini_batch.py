@@ -9,7 +9,9 @@ Inlined requests are capped at 20 MB per batch, so big jobs are split into sever
 """
 from __future__ import annotations
 
+import json
 import re
+from urllib.parse import quote
 from typing import Any, Dict, Iterator, List, Optional
 
 from .base import RequestSpec
@@ -48,11 +50,11 @@ class GeminiBatchAPI(BatchAPI):
 
     def create(self, model: str, tag: str, file_id: Optional[str], path: str) -> BatchState:
         model_id = model[len("models/"):] if model.startswith("models/") else model
-        head = ('{"batch":{"displayName":"%s","model":"models/%s","inputConfig":{"requests":{"requests":['
-                % (tag, model_id)).encode()
-        content = head + b",".join(read_lines(path)) + b"]}}}}"
-        return self._state(self.call("POST", f"{self.version_root}/models/{model_id}:batchGenerateContent",
-                                     content=content, retry=False))
+        head = json.dumps({"displayName": tag, "model": f"models/{model_id}"})[:-1].encode()
+        content = b'{"batch":' + head + b',"inputConfig":{"requests":{"requests":[' + \
+            b",".join(read_lines(path)) + b"]}}}}"
+        url = f"{self.version_root}/models/{quote(model_id, safe='-._~@')}:batchGenerateContent"
+        return self._state(self.call("POST", url, content=content, retry=False))
 
     def status(self, batch_id: str) -> BatchState:
         return self._state(self.call("GET", f"{self.version_root}/{batch_id}"))
