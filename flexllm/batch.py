@@ -6,6 +6,7 @@ rerun on the same output file resumes (DESIGN §6).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import queue
 import signal
@@ -21,9 +22,9 @@ from ._checkpoint import Checkpoint, OutputFileLockedError
 from ._constants import BATCH_WINDOW_PER_WORKER
 from ._items import ItemParams, redo_rule
 from ._logging import get_logger
-from ._messages import check_messages
+from ._messages import check_messages, find_lone_surrogate
 from ._pipeline import result_from_hit
-from ._record import encode, to_item
+from ._record import to_item
 from .errors import QuotaExceededError
 from .pricing import get_model_pricing
 from .progress import BatchProgress
@@ -70,8 +71,10 @@ class BatchJob:
         self._elapsed = 0.0
         self._stop = stop if stop is not None else threading.Event()  # set: no new request or retry starts
         self._scope = _cancel.Scope(self._stop)  # bound in every worker: a stop wakes their sleeps
-        self._lock = threading.Lock()  # counters, file and progress are shared by the workers
+        self._lock = threading.Lock()  # the counters (the file and the progress display own their locks)
         self._closed = False
+        self._meta_iter: Optional[Iterator[Optional[dict]]] = None  # metadata_list given as an iterator
+        self._meta_differs = 0
 
     # -- public --------------------------------------------------------------------------------------
     def run(self, messages_list: Iterable[Any]) -> Iterator[BatchResultItem]:
@@ -79,9 +82,11 @@ class BatchJob:
         if hasattr(messages_list, "__len__"):
             self.total = len(messages_list)  # type: ignore[arg-type]
         meta = self.metadata_list
-        if meta is not None:
-            if not hasattr(meta, "__len__") or not hasattr(meta, "__getitem__"):
-                raise ValueError("metadata_list must be a list with one dict per item")
+        if meta is not None and not (hasattr(meta, "__len__") and hasattr(meta, "__getitem__")):
+            if not hasattr(meta, "__iter__"):
+                raise ValueError("metadata_list must be a list (or an iterable) with one dict per item")
+            self._meta_iter = iter(meta)  # read in step with messages_list, so neither is held in memory
+        elif meta is not None:
             if self.total is not None and len(meta) != self.total:
                 raise ValueError(f"metadata_list has {len(meta)} entries but messages_list has {self.total}; "
                                  "they must be the same length")
@@ -133,8 +138,8 @@ class BatchJob:
         started = time.perf_counter()
         workers = max(1, int(self.runner.concurrency_limit))
         window = workers * BATCH_WINDOW_PER_WORKER
-        snapshot = getattr(self.runner, "budget_snapshot", dict)
-        rate_budget_at_start = snapshot()
+        self._budget_snapshot = getattr(self.runner, "budget_snapshot", dict)
+        self._rate_budget_at_start = self._budget_snapshot()
         progress = BatchProgress(self.total, enabled=self.show_progress,
                                  show_cost=self.budget is not None or get_model_pricing(self._priced(self.model)) is not None,
                                  status=getattr(self.runner, "budget_status", None))
@@ -142,7 +147,7 @@ class BatchJob:
         executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flexllm-batch",
                                       initializer=_cancel.bind, initargs=(self._scope,))
         pending: set = set()  # submitted and not yet recorded
-        interrupted = False
+        interrupted = consumer_left = completed = False
         restore = _sigterm_as_interrupt()
         try:
             # read ahead only when a cache can answer many items in one lookup; otherwise take items one
@@ -151,8 +156,7 @@ class BatchJob:
             for chunk in _chunks(self.items.pair(messages_list), lookahead):
                 for item, messages in self._prepare(chunk, checkpoint):
                     if item is not None:
-                        with self._lock:
-                            self._record(item, checkpoint, progress, messages)
+                        self._record(item, checkpoint, progress, messages)
                         yield item
                         continue
                     while len(pending) >= window:
@@ -166,6 +170,7 @@ class BatchJob:
                     break
             while pending:
                 yield from self._finish(done_q.get(), pending)
+            completed = True
         except KeyboardInterrupt:
             interrupted = True
             self._stop.set()
@@ -173,8 +178,8 @@ class BatchJob:
             executor.shutdown(wait=False, cancel_futures=True)  # queued items never start
             self._drain(pending)
             raise
-        except GeneratorExit:  # the consumer stopped iterating: in-flight requests finish in the background
-            interrupted = True
+        except GeneratorExit:  # the consumer stopped iterating: answers in flight are still written
+            consumer_left = True
             self._stop.set()
             self.stopped_reason = "consumer stopped"
             raise
@@ -182,17 +187,42 @@ class BatchJob:
             restore()
             if self._stop.is_set() and self.stopped_reason is None:
                 self.stopped_reason = "cancelled"
-            executor.shutdown(wait=not interrupted, cancel_futures=True)
-            self._elapsed = time.perf_counter() - started
-            self.rate_budget = {k: v - rate_budget_at_start.get(k, 0) for k, v in snapshot().items()}
-            with self._lock:
-                self._closed = True
-            progress.close()
-            if checkpoint is not None:
-                checkpoint.close(compact=not interrupted and not self._stop.is_set())
-            if interrupted:
-                logger.warning("batch interrupted: results so far are kept%s; rerun to resume",
+            executor.shutdown(wait=False, cancel_futures=True)  # queued items never start
+            running = [f for f in pending if not f.done()]
+            close = functools.partial(self._close, running, executor, progress, checkpoint, started,
+                                      interrupted, completed and not self._stop.is_set())
+            if consumer_left and running:  # never make the consumer's `break` wait on the network
+                logger.warning("batch stopped by its consumer: %d request(s) in flight will be kept%s when they "
+                               "finish; items not started are not; rerun to resume", len(running),
                                f" in {checkpoint.path}" if checkpoint else "")
+                threading.Thread(target=close, name="flexllm-batch-close").start()
+            else:
+                close()
+
+    def _close(self, running: List[Future], executor: ThreadPoolExecutor, progress: BatchProgress,
+               checkpoint: Optional[Checkpoint], started: float, interrupted: bool, compact: bool) -> None:
+        """Let the requests in flight record their answers, then close progress and file (and compact)."""
+        if not interrupted:
+            wait(running)
+        executor.shutdown(wait=not interrupted)
+        self._elapsed = time.perf_counter() - started
+        start = self._rate_budget_at_start
+        self.rate_budget = {k: v - start.get(k, 0) for k, v in self._budget_snapshot().items()}
+        with self._lock:
+            self._closed = True
+        progress.close()
+        if checkpoint is not None:
+            checkpoint.close(compact=compact)
+        if self._meta_differs:
+            logger.warning("%d resumed item(s) kept the metadata stored with them, which differs from "
+                           "metadata_list (delete their records to redo them with the new metadata)",
+                           self._meta_differs)
+        if interrupted or (running and self.stopped_reason == "consumer stopped"):
+            kept = sum(1 for f in running if f.done() and not f.cancelled() and f.exception() is None
+                       and f.result() is not None)
+            logger.warning("batch %s: results so far are kept%s (%d answer(s) that were in flight "
+                           "included); rerun to resume", "interrupted" if interrupted else "stopped by its consumer",
+                           f" in {checkpoint.path}" if checkpoint else "", kept)
 
     def _drain(self, pending: set) -> None:
         """After Ctrl-C/SIGTERM: keep the answers already on their way; a second Ctrl-C abandons them."""
@@ -214,10 +244,11 @@ class BatchJob:
         todo: List[Tuple[int, Any, Optional[dict], str, Dict[str, Any], Optional[dict]]] = []
         for index, messages, own in chunk:
             meta = self._metadata(index)
-            if checkpoint is not None and index in checkpoint.done:
-                plain = self.items.plain(own)
-                checkpoint.check(index, messages, plain)
-                yield self._resumed(checkpoint.done[index], meta, own), messages
+            record = checkpoint.resume(index, messages, self.items.plain(own)) if checkpoint is not None else None
+            if record is not None:
+                if meta is not None and "metadata" in record and record["metadata"] != meta:
+                    self._metadata_differs_at(index)
+                yield self._resumed(record, meta, own), messages
                 continue
             try:
                 check_messages(messages)
@@ -282,17 +313,23 @@ class BatchJob:
             if hold is not None:
                 budget.settle(hold, cost, paid)
             attempts = getattr(exc, "attempts", 1)
-            item = BatchResultItem(index, None, paid, "error", f"{type(exc).__name__}: {exc}",
-                                   time.perf_counter() - started, meta, attempts=attempts, params=plain)
+            kind, error = type(exc).__name__, f"{type(exc).__name__}: {exc}"
+            if "UnicodeEncodeError" in error or isinstance(exc, UnicodeError):  # looked for on failure only
+                found = find_lone_surrogate(messages)  # e.g. half of a JSON \ud83d\ude00 escape pair
+                if found:
+                    kind, error = "ValueError", (f"ValueError: item {index}: its messages hold {found}, which is "
+                                                 "not valid Unicode and cannot be sent; fix the input")
+            item = BatchResultItem(index, None, paid, "error", error, time.perf_counter() - started, meta,
+                                   attempts=attempts, params=plain)
             with self._lock:
                 self.retries += max(0, attempts - 1)
-                self.errors[type(exc).__name__] += 1
+                self.errors[kind] += 1
                 if isinstance(exc, QuotaExceededError) and not self._stop.is_set():
                     self.stopped_reason = f"quota exhausted: {exc}"
                     logger.error("stopping the batch early: %s (finished results are kept; rerun later to "
                                  "resume)", exc)
                     self._stop.set()
-                self._record(item, checkpoint, progress, messages, cost)
+            self._record(item, checkpoint, progress, messages, cost)
             return item
         r: ChatCompletionResult = outcome.result
         cost = 0.0 if outcome.cached else request_cost(r.usage, self._priced(model))
@@ -302,7 +339,7 @@ class BatchJob:
                      plain)
         with self._lock:
             self.retries += max(0, outcome.attempts - 1)
-            self._record(item, checkpoint, progress, messages, cost)
+        self._record(item, checkpoint, progress, messages, cost)
         return item
 
     def _stop_for_budget(self) -> None:
@@ -332,25 +369,37 @@ class BatchJob:
 
     def _record(self, item: BatchResultItem, checkpoint: Optional[Checkpoint], progress: BatchProgress,
                 messages: Any = None, cost: float = 0.0) -> None:
-        """Count, write and show one finished item. Callers hold `self._lock`."""
-        if self._closed:
-            return  # a straggler finishing after the batch ended: nothing is written any more
-        status = "resumed" if item.resumed else ("failed" if item.status == "error" else item.status)
-        self.counts[status] += 1
-        self.cost += cost
-        if item.status != "cached" and item.usage and not item.resumed:  # tokens paid in this run only
-            for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-                value = item.usage.get(key)
-                if isinstance(value, int):
-                    self.tokens[key] += value
+        """Count, write and show one finished item, from any thread (counters, file and display each lock)."""
+        with self._lock:
+            if self._closed:
+                return  # a straggler finishing after the batch ended: nothing is written any more
+            status = "resumed" if item.resumed else ("failed" if item.status == "error" else item.status)
+            self.counts[status] += 1
+            self.cost += cost
+            if item.status != "cached" and item.usage and not item.resumed:  # tokens paid in this run only
+                for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+                    value = item.usage.get(key)
+                    if isinstance(value, int):
+                        self.tokens[key] += value
         if checkpoint is not None and not item.resumed:
-            checkpoint.append(encode(item, messages))
+            checkpoint.write(item, messages)
         tokens = (item.usage or {}).get("total_tokens") or 0
         progress.advance(item.status, tokens if isinstance(tokens, int) else 0, item.resumed, cost)
+
+    def _metadata_differs_at(self, index: int) -> None:
+        self._meta_differs += 1
+        if self._meta_differs == 1:
+            logger.warning("metadata_list differs from the metadata stored with resumed item index %d: the "
+                           "stored metadata is kept (it is what the file says that answer was for)", index)
 
     def _metadata(self, index: int) -> Optional[dict]:
         if self.metadata_list is None:
             return None
+        if self._meta_iter is not None:  # asked for in index order, once per item
+            try:
+                return next(self._meta_iter)
+            except StopIteration:
+                raise ValueError(f"metadata_list ended before item {index}: it must match messages_list") from None
         try:
             return self.metadata_list[index]
         except IndexError:

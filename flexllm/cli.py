@@ -15,16 +15,13 @@ import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import __version__
+from ._input import BatchInput, UsageError, read_jsonl
 from .providers import names as provider_names
 
 __all__ = ["main"]
 
 THINKING = ("true", "false", "minimal", "low", "medium", "high")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PENDING = 0, 1, 2, 130, 75
-
-
-class UsageError(Exception):
-    """Bad arguments or input: exit 2 with this message."""
 
 
 def _env(*names: str) -> Optional[str]:
@@ -129,59 +126,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- input ---------------------------------------------------------------------------------------------
 
-def read_jsonl(path: str, system: Optional[str], limit: Optional[int]) -> Tuple[List[List[dict]], List[dict]]:
-    """Messages and metadata of every input line; UsageError naming the line number of a bad line."""
-    stream = sys.stdin if path == "-" else None
-    try:
-        handle = stream or open(path, encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    messages_list: List[List[dict]] = []
-    metadata: List[dict] = []
-    with handle if stream is None else _nullcontext(handle):
-        for lineno, line in enumerate(handle, 1):
-            if limit is not None and len(messages_list) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise UsageError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise UsageError(f"{path}:{lineno}: each line must be a JSON object")
-            if "params" in row and not isinstance(row["params"], dict):
-                raise UsageError(f"{path}:{lineno}: \"params\" must be a JSON object of request parameters")
-            if "messages" in row:
-                messages = row.pop("messages")
-                if not isinstance(messages, list) or not messages or \
-                        not all(isinstance(m, dict) and "role" in m for m in messages):
-                    raise UsageError(f"{path}:{lineno}: \"messages\" must be a non-empty list of "
-                                     "{\"role\": ..., \"content\": ...} objects")
-            elif "prompt" in row:
-                prompt = row.pop("prompt")
-                if not isinstance(prompt, str):
-                    raise UsageError(f"{path}:{lineno}: \"prompt\" must be a string")
-                messages = ([{"role": "system", "content": system}] if system else []) + \
-                    [{"role": "user", "content": prompt}]
-            else:
-                raise UsageError(f"{path}:{lineno}: needs \"messages\" or \"prompt\"")
-            messages_list.append(messages)
-            metadata.append(row)
-    return messages_list, metadata
-
-
-class _nullcontext:
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __enter__(self) -> Any:
-        return self.value
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
 def _detect(model: str) -> str:
     from .providers import detect
 
@@ -275,8 +219,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     _setup_logging(args.quiet)
     checkpoint, csv_out = csv_path_for(args.output) if args.format == "csv" else (args.output, None)
-    messages_list, metadata = read_jsonl(args.input, args.system, args.limit)
-    params_list = _item_params(metadata)
+    if args.provider_batch or getattr(args, "dry_run", False):
+        messages_list, metadata = read_jsonl(args.input, args.system, args.limit)
+        params_list = _item_params(metadata)
+    else:  # a live batch streams its input: memory does not grow with the file
+        source = BatchInput(args.input, args.system, args.limit)
+        messages_list, metadata, params_list = source.messages(), source.metadata(), source.params()
     params = dict(_params(args), **_schema(args.schema))
     cache = None
     if args.cache or args.cache_dir or args.cache_ttl is not None:

@@ -1,6 +1,7 @@
 """Batch progress: a rich bar on a terminal, a log line every few seconds elsewhere (cron, CI)."""
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable, Optional
 
@@ -13,7 +14,7 @@ logger = get_logger("flexllm")
 
 
 class BatchProgress:
-    """Observes a batch's finished items. Called from the batch's consumer thread only.
+    """Observes a batch's finished items. Thread-safe: the batch's workers call `advance` (one lock).
 
     `enabled=False` costs nothing; when stderr is not a terminal it logs instead of drawing.
     """
@@ -35,6 +36,7 @@ class BatchProgress:
         self.show_cost = show_cost
         self._progress = None
         self._task = None
+        self._lock = threading.Lock()
         if not enabled:
             return
         from rich.console import Console
@@ -58,6 +60,10 @@ class BatchProgress:
         """Count one finished item (and what it cost)."""
         if not self.enabled:
             return
+        with self._lock:
+            self._advance(status, tokens, cost)
+
+    def _advance(self, status: str, tokens: int, cost: float) -> None:
         self.done += 1
         self.tokens += tokens
         self.cost += cost
@@ -84,8 +90,9 @@ class BatchProgress:
 
     def close(self) -> None:
         """Stop drawing (the last state stays on screen)."""
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-        elif self.enabled and self.done:
-            self.log_line(self.done / max(self._clock() - self._start, 1e-9))
+        with self._lock:
+            if self._progress is not None:
+                self._progress.stop()
+                self._progress = None
+            elif self.enabled and self.done:
+                self.log_line(self.done / max(self._clock() - self._start, 1e-9))

@@ -40,7 +40,7 @@ from ._checkpoint import Checkpoint
 from ._logging import get_logger
 from ._messages import check_messages
 from ._pipeline import cache_entry, result_from_cache
-from ._record import DONE_STATUSES, decode, encode
+
 from .errors import LLMError, NotFoundError
 from .pricing import BATCH_DISCOUNT, get_model_pricing, usage_cost
 from .progress import BatchProgress
@@ -368,11 +368,8 @@ class ProviderBatchJob:
         return item
 
     def _append(self, item: BatchResultItem, rate: float) -> None:
-        data = encode(item, self.messages[item.index])
-        self.checkpoint.append(data)
+        self.checkpoint.write(item, self.messages[item.index])
         status, usage = item.status, item.usage
-        if status in DONE_STATUSES:
-            self.checkpoint.done[item.index] = decode(data) or {}
         self.counts["failed" if status == "error" else status] += 1
         if status == "error":
             self.errors[(item.error or "error").split(":", 1)[0]] += 1
@@ -401,7 +398,7 @@ class ProviderBatchJob:
         in_flight = self.ledger.in_flight()
         finishes = [b.expires_at for b in in_flight if b.expires_at]
         job_cost = job_live = 0.0
-        for record in self.checkpoint.done.values():
+        for record in self.checkpoint.finished_records():
             if record.get("status") == "success" and record.get("usage"):
                 live = usage_cost(self.model, record["usage"])
                 job_live += live

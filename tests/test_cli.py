@@ -216,3 +216,37 @@ def test_stdin_input_limit_and_cache(server, tmp_path):
     second = run(*batch_args(server, "-", tmp_path / "b.jsonl", *cache), input=lines)
     assert second.returncode == 0 and "cached: 5" in second.stderr and "success: 3" in second.stderr
     assert len(server.requests) == 8
+
+
+def test_output_to_the_input_file_is_refused_untouched(server, tmp_path):
+    inp = tmp_path / "prompts.jsonl"
+    write_input(inp, 3)
+    before = inp.read_bytes()
+    res = run(*batch_args(server, inp, inp))
+    assert res.returncode == 2 and "not a flexllm batch output file" in res.stderr
+    assert inp.read_bytes() == before and server.requests == []
+
+
+@pytest.mark.parametrize("target", ["-", "/dev/stdout"])
+def test_output_to_stdout_pipe(server, tmp_path, target):
+    inp = tmp_path / "in.jsonl"
+    write_input(inp, 5)
+    for leftover in ("/dev/stdout.lock", "-"):  # from an older flexllm that created them
+        if os.path.isfile(leftover):
+            os.unlink(leftover)
+    res = run(*batch_args(server, inp, target))
+    assert res.returncode == 0, res.stderr
+    assert sorted(json.loads(ln)["index"] for ln in res.stdout.splitlines()) == list(range(5))
+    assert not os.path.exists("/dev/stdout.lock") and not os.path.exists("-")
+
+
+def test_a_line_with_a_lone_surrogate_fails_alone_and_is_named(server, tmp_path):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(inp, 3)
+    with open(inp, "a") as f:
+        f.write('{"prompt": "half an emoji \\ud83d"}\n')
+    res = run(*batch_args(server, inp, out))
+    assert res.returncode == 1
+    assert "in.jsonl:4" in res.stderr and "surrogate" in res.stderr
+    recs = {r["index"]: r for r in read_records(out)}
+    assert recs[3]["status"] == "error" and all(recs[i]["status"] == "success" for i in range(3))
