@@ -62,10 +62,10 @@ def overhead(store: str, label: str, n: int = 2000) -> None:
     usage = {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150}
     start = time.perf_counter()
     for _ in range(n):
-        r = limiter.reserve((100, 100))
+        r = limiter.acquire((100, 100))
         limiter.settle(r, usage=usage)
     per = (time.perf_counter() - start) / n * 1e6
-    emit("budget_overhead", store=label, reservations=n, us_per_reservation_and_settle=round(per, 1))
+    emit("budget_overhead", store=label, reservations=n, us_per_acquire_and_settle=round(per, 1))
 
 
 def four_processes(store: str, label: str) -> None:

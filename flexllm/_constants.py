@@ -20,6 +20,10 @@ RETRY_STATUSES = frozenset({408, 409, 429})
 #: seconds (scheduling on a loaded host, the network) still never shows the server more than max_qps
 #: starts in one second; it costs the same fraction of throughput (96% of max_qps is used)
 QPS_SAFETY_MARGIN = 0.04
+#: the same for a budget shared through a store (SQLite, Redis): there every start also takes a shared turn
+#: (starts at least 97 % of an interval apart on the store's clock, however late a thread woke), so a smaller
+#: margin keeps the server at max_qps (+1 start for network jitter) and uses 98 % of it
+SHARED_QPS_SAFETY_MARGIN = 0.02
 
 #: batch: items in flight or queued per worker (bounded memory on huge batches)
 BATCH_WINDOW_PER_WORKER = 2

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ._constants import MAX_RETRY_AFTER, QPS_SAFETY_MARGIN
+from ._constants import MAX_RETRY_AFTER, QPS_SAFETY_MARGIN, SHARED_QPS_SAFETY_MARGIN
 from ._logging import get_logger
 from ._stores import Dims, MemoryStore, RateLimitStoreError, StoreUnavailable, open_store, safe_url
 from .errors import QuotaExceededError, RateLimitError
@@ -28,6 +28,7 @@ logger = get_logger("flexllm")
 TokenNeed = Tuple[int, Optional[int]]
 _STORE_POLL = 0.5  # seconds between tries while a shared store is unreachable
 _FALLBACK_RETRY = 30.0  # seconds on the local fallback before trying the shared store again
+_TURN_FRACTION = 0.97  # shared turns at 97 % of the interval: even catching up, 21 starts span > 1 s
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
@@ -171,25 +172,27 @@ class Limiter:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
         self.name = limit.name
+        self._store = store if store is not None else open_store(limit.store_url)
+        self._shared = limit.is_shared and not isinstance(self._store, MemoryStore)
+        margin = SHARED_QPS_SAFETY_MARGIN if self._shared else QPS_SAFETY_MARGIN
         dims: List[Tuple[str, float, float]] = []
         if limit.max_qps:
-            dims.append(("qps", (1.0 + QPS_SAFETY_MARGIN) / limit.max_qps, 0.0))
+            dims.append(("qps", (1.0 + margin) / limit.max_qps, 0.0))
         if limit.max_rpm:
-            dims.append(("rpm", 60.0 * (1.0 + QPS_SAFETY_MARGIN) / limit.max_rpm, 0.0))
+            dims.append(("rpm", 60.0 * (1.0 + margin) / limit.max_rpm, 0.0))
         self._dims: Dims = tuple(dims)
         self._min_interval = min((cost for _d, cost, _t in dims), default=0.0)
         self._clock = clock
         self._turn_lock = threading.Lock()
         self._last_start = float("-inf")
         #: seconds of budget one token costs (0.0 = tokens are not limited)
-        self.token_cost = 60.0 * (1.0 + QPS_SAFETY_MARGIN) / limit.max_tpm if limit.max_tpm else 0.0
+        self.token_cost = 60.0 * (1.0 + margin) / limit.max_tpm if limit.max_tpm else 0.0
         self._lock = threading.Lock()
         self._avg_completion = float(limit.expected_completion_tokens)
         self._completions = 0
         self._fallback: Optional[MemoryStore] = None
         self._fallback_since = 0.0
         self._outage = False
-        self._store = store if store is not None else open_store(limit.store_url)
         if store is None and limit.is_shared:
             self._call(lambda s: s.check(), deadline=None, first=True)
 
@@ -246,9 +249,13 @@ class Limiter:
             reservation.waited += wait
 
     def _turn(self, sleep: Callable[[float], None]) -> float:
-        """This process's starts keep their spacing even when a thread wakes late: a start waits until
-        `interval` after the previous one actually began (so a late waker does not bunch up with the next
-        on the server's clock). Returns the extra seconds waited."""
+        """Starts keep their spacing even when a thread wakes late: a start waits until `interval` after
+        the previous one actually began (so a late waker does not bunch up with the next on the server's
+        clock). In a shared store the turn is one more GCRA dimension ("turn", at 97 % of the interval:
+        so a late start never bunches up with the next) taken only when free, so it spans processes and
+        hosts; in process it is a lock. Returns the extra seconds waited."""
+        if self._shared:
+            return self._shared_turn(sleep)
         with self._turn_lock:
             now = self._clock()
             extra = self._last_start + self._min_interval - now
@@ -257,6 +264,17 @@ class Limiter:
                 now = max(self._clock(), now + extra)  # when this start really happens (a late wake counts)
             self._last_start = now
             return max(extra, 0.0)
+
+    def _shared_turn(self, sleep: Callable[[float], None]) -> float:
+        dims = (("turn", self._min_interval * _TURN_FRACTION, 0.0),)
+        waited = 0.0
+        for _ in range(64):  # a turn is free within one interval unless a 429 paused the budget
+            if self._call(lambda s: s.reserve(self.name, dims, True), None, sleep=sleep) is not None:
+                break
+            wait = max(self._call(lambda s: s.delay(self.name, dims), None, sleep=sleep), 0.001)
+            sleep(wait)
+            waited += wait
+        return waited
 
     def try_acquire(self, need: Optional[TokenNeed] = None) -> Optional[Reservation]:
         """A reservation if a start is free right now, else None (nothing reserved)."""
