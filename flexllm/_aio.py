@@ -10,9 +10,11 @@ from concurrent.futures import Executor
 from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
 
 from . import _cancel
+from ._logging import get_logger
 
 __all__ = ["aiter_in_thread", "run_in_thread", "run_stoppable"]
 
+logger = get_logger("flexllm")
 T = TypeVar("T")
 _END = object()
 
@@ -50,8 +52,19 @@ async def run_stoppable(executor: Executor, fn: Callable[..., T], stop: threadin
     future = loop.run_in_executor(executor, functools.partial(ctx.run, fn))
     try:
         return await asyncio.shield(future)
+    except KeyboardInterrupt:  # raised inside this task by the loop's SIGINT handler: out now
+        stop.set()
+        abort()
+        raise
     except asyncio.CancelledError:
         stop.set()
+        task = asyncio.current_task()
+        cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+        if cancelling is not None and cancelling() > 1:
+            abort()  # cancelled twice before it could run (asyncio.run after a second Ctrl-C): abandon at once
+        elif not future.done():
+            logger.warning("batch cancelled: no new requests start; waiting for those in flight to keep their "
+                           "results (cancel again, or Ctrl-C again, to abandon them)")
         while not future.done():
             try:
                 await asyncio.shield(future)

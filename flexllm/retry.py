@@ -14,6 +14,7 @@ from typing import Callable, Mapping, Optional, TypeVar
 
 import tenacity
 
+from . import _cancel
 from ._constants import JITTER_MIN, MAX_BACKOFF_FACTOR, MAX_RETRY_AFTER, RETRY_STATUSES
 from ._logging import get_logger
 from .errors import (
@@ -167,6 +168,7 @@ class RetryPolicy:
             return retry_wait(exc, state.attempt_number, self.retry_delay, self._rng) if exc else 0.0
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
+            _cancel.check()  # a stopped batch / cancelled await: no "retrying in …" for a retry that never comes
             self._log(state.outcome.exception() if state.outcome else None, state.upcoming_sleep,
                       state.attempt_number + 2)
 
@@ -195,6 +197,7 @@ class RetryPolicy:
             if self._retrying is None or not self._retryable(exc):
                 raise
             delay = retry_wait(exc, 0, self.retry_delay, self._rng)
+            _cancel.check()
             self._log(exc, delay, 2)
         self._sleep(delay)
         return self._retrying(fn)

@@ -201,3 +201,39 @@ def test_second_signal_exits_while_workers_sleep_out_retry_after(server, tmp_pat
     reader.join(BOUND)
     assert rc == 130, "".join(lines)
     assert len(server.requests) == 2, "a new attempt was sent after the signal"
+
+
+ASYNC_BATCH = """
+import asyncio, sys
+from flexllm import LLMClient
+client = LLMClient(model="m", base_url=sys.argv[1], concurrency_limit=2)
+msgs = [[{"role": "user", "content": "[[mock:latency=100]] on the wire"}],
+        [{"role": "user", "content": "[[mock:status=429;retry_after=100]] sleeper"}]]
+asyncio.run(client.chat_completions_batch(msgs, output_file=sys.argv[2], show_progress=False))
+"""
+
+
+def test_second_ctrl_c_under_asyncio_run_exits(server, tmp_path):
+    """asyncio.run cancels the awaiting batch on the first Ctrl-C (it drains) and stops the loop on the second:
+    the batch then abandons its request on the wire, so the interpreter's exit does not wait for it."""
+    proc = subprocess.Popen([sys.executable, "-c", ASYNC_BATCH, server.url, str(tmp_path / "out.jsonl")],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: len(server.requests) == 2, BOUND, "both requests to arrive")
+        wait_for(lambda: any("retrying in" in ln for ln in lines) or proc.poll() is not None, BOUND,
+                 "the 429 to be answered with a retry sleep")
+        proc.send_signal(signal.SIGINT)
+        wait_for(lambda: any("cancel again" in ln for ln in lines) or proc.poll() is not None, BOUND,
+                 "the first Ctrl-C to be handled")
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(BOUND)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(BOUND)
+    assert rc != 0 and len(server.requests) == 2, "".join(lines)
+    assert not any("attempt 3" in ln for ln in lines)
