@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("question", nargs="?", help="the question (read from stdin when omitted)")
     _connection_args(a)
 
-    m = sub.add_parser("mock", help="serve the built-in OpenAI/Gemini-compatible mock server")
+    m = sub.add_parser("mock", help="serve the built-in OpenAI/Gemini/Anthropic-compatible mock server")
     from .mock.__main__ import build_parser as mock_parser
 
     mock_parser(m)

@@ -384,3 +384,20 @@ def test_pydantic_response_format_is_validated_over_claude(server):
     r = claude(server).chat_completions_sync(user("Paris"), response_format=City)
     assert isinstance(r, City) and r.population >= 1
     assert sent(server)["output_config"]["format"]["type"] == "json_schema"
+
+
+def test_a_reply_cut_at_max_tokens_is_length(server):
+    r = claude(server).chat_completions_sync(user("one two three four five six"), max_tokens=3, return_usage=True)
+    assert r.content == "echo: one two" and r.finish_reason == "length"
+    events = list(claude(server).chat_completions_stream_sync(user("one two three four"), max_tokens=2, events=True))
+    assert "".join(e.content for e in events) == "echo: one" and events[-1].result.finish_reason == "length"
+
+
+def test_cli_asks_claude_with_the_anthropic_key(server, monkeypatch, capsys):
+    from flexllm.cli import main
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    assert main(["ask", "--provider", "anthropic", "--model", "claude-haiku-4-5", "--base-url", server.root_url,
+                 "hello cli"]) == 0
+    assert "echo: hello cli" in capsys.readouterr().out
+    assert server.requests[-1].path == "/v1/messages" and server.requests[-1].headers["x-api-key"] == hashed(KEY)

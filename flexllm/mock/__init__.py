@@ -1,4 +1,4 @@
-"""flexllm's built-in OpenAI- and Gemini-compatible mock server, for tests, demos and your own tests.
+"""flexllm's built-in OpenAI-, Gemini- and Anthropic-compatible mock server, for tests, demos and your own tests.
 
     python -m flexllm.mock --port 8000 --latency 0.2
 

@@ -13,7 +13,7 @@ from ._server import MockServer
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
     """The mock server's options (shared with `flexllm mock`)."""
     p = parser or argparse.ArgumentParser(prog="python -m flexllm.mock",
-                                          description="OpenAI/Gemini-compatible mock LLM server (no key needed).")
+                                          description="OpenAI/Gemini/Anthropic-compatible mock LLM server (no key needed).")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port (0 = any free port; default 0)")
     p.add_argument("--latency", type=float, default=0.0, help="seconds before each reply")

@@ -12,8 +12,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from ._common import Turn, bearer, pieces, sse, words
 from ._directives import strip
 
-__all__ = ["api_key", "error_body", "is_stream", "matches", "reply", "requested_schema", "stream", "texts",
-           "validate"]
+__all__ = ["CUT_OFF", "api_key", "error_body", "is_stream", "matches", "reply", "requested_schema", "stream", "texts",
+           "token_limit", "validate"]
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
                403: "permission_error", 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
@@ -75,6 +75,16 @@ def error_body(status: int, message: str, quota: bool = False, **_: Any) -> Dict
         status, message = 400, "Your credit balance is too low to access the Anthropic API."
     kind = ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
     return {"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_mock"}
+
+
+#: stop_reason of a reply cut at the token limit
+CUT_OFF = "max_tokens"
+
+
+def token_limit(body: Dict[str, Any]) -> Optional[int]:
+    """The reply's token limit (`max_tokens`, which the API requires)."""
+    value = body.get("max_tokens")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def requested_schema(body: Dict[str, Any]) -> Optional[Dict[str, Any]]:

@@ -1,8 +1,9 @@
 """Provider adapters: pure functions from (messages, params) to HTTP requests and back, and their registry.
 
 Adding a provider: write `flexllm/providers/<name>.py` with a `ProviderAdapter` subclass (pure:
-`build_request`, `parse_response`, `parse_stream_line`, `stream_complete`, `map_error`, `cache_params`,
-`redact`) and, at its end, `register(Provider(name, factory, hosts=..., model_prefixes=...,
+`build_request`, `parse_response`, `parse_stream_line`, `stream_complete`, `map_error`, `cache_params`;
+`stream_parser` when a stream's lines need state, `stream_result` when a finished stream can still be a
+refusal) and, at its end, `register(Provider(name, factory, hosts=..., model_prefixes=...,
 key_prefixes=..., env_keys=..., exclusive_params=...))`; every public module of this package is imported
 here, so `LLMClient(provider=name)`, auto-detection, the CLI's `--provider` choices and the pool pick it
 up. Then add its mock dialect as `flexllm/mock/_<name>.py` (the mock server looks a dialect module up by
