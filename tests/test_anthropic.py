@@ -393,11 +393,15 @@ def test_a_reply_cut_at_max_tokens_is_length(server):
     assert "".join(e.content for e in events) == "echo: one" and events[-1].result.finish_reason == "length"
 
 
-def test_cli_asks_claude_with_the_anthropic_key(server, monkeypatch, capsys):
-    from flexllm.cli import main
+def test_cli_asks_claude_with_the_anthropic_key(server):
+    import os
+    import subprocess
+    import sys
 
-    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-    assert main(["ask", "--provider", "anthropic", "--model", "claude-haiku-4-5", "--base-url", server.root_url,
-                 "hello cli"]) == 0
-    assert "echo: hello cli" in capsys.readouterr().out
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    proc = subprocess.run([sys.executable, "-m", "flexllm", "ask", "--provider", "anthropic", "--model",
+                           "claude-haiku-4-5", "--base-url", server.root_url, "hello cli"], capture_output=True,
+                          text=True, timeout=60, env=dict(env, ANTHROPIC_API_KEY=KEY, PYTHONPATH=os.getcwd()))
+    assert proc.returncode == 0, proc.stderr
+    assert "echo: hello cli" in proc.stdout and KEY not in proc.stdout + proc.stderr
     assert server.requests[-1].path == "/v1/messages" and server.requests[-1].headers["x-api-key"] == hashed(KEY)
