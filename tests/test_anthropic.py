@@ -405,3 +405,44 @@ def test_cli_asks_claude_with_the_anthropic_key(server):
     assert proc.returncode == 0, proc.stderr
     assert "echo: hello cli" in proc.stdout and KEY not in proc.stdout + proc.stderr
     assert server.requests[-1].path == "/v1/messages" and server.requests[-1].headers["x-api-key"] == hashed(KEY)
+
+
+@pytest.mark.parametrize("data", [
+    {"content": "x"}, {"content": [None, 5, "t"]}, {"content": [{"type": "text", "text": 5}]},
+    {"content": [{"type": "tool_use", "name": ["x"], "input": "nope"}], "stop_reason": ["tool_use"]},
+    {"content": [{"type": "text", "text": "a"}], "usage": "lots"},
+    {"content": [{"type": "text", "text": "a"}], "usage": {"input_tokens": "many", "output_tokens": float("nan")}},
+    {"type": "error", "error": {"type": ["x"], "message": 3}},
+])
+def test_replies_of_the_wrong_type_are_parse_errors_or_clean(data):
+    from flexllm import LLMError
+
+    adapter = ClaudeClient(api_key="k").adapter
+    try:
+        r = adapter.parse_response(data, model="m")
+    except LLMError:
+        return
+    assert isinstance(r.content, str) and (r.usage is None or all(
+        isinstance(v, (int, dict)) for v in r.usage.values()))
+    assert all(isinstance(c["function"]["arguments"], str) for c in r.tool_calls or ())
+
+
+@pytest.mark.parametrize("line", [
+    'data: {"type": "content_block_delta", "index": [1], "delta": {"type": "input_json_delta"}}',
+    'data: {"type": "content_block_delta", "index": 0, "delta": "x"}',
+    'data: {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": 7}}',
+    'data: {"type": "content_block_start", "index": {}, "content_block": {"type": "tool_use"}}',
+    'data: {"type": "message_start", "message": {"usage": [1]}}',
+    'data: {"type": "message_delta", "delta": {"stop_reason": ["x"]}, "usage": "u"}',
+    'data: {"type": "error", "error": {"type": {"a": 1}}}',
+    'data: [1, 2]', 'data: not json',
+])
+def test_stream_lines_of_the_wrong_type(line):
+    from flexllm import LLMError
+
+    parse = ClaudeClient(api_key="k").adapter.stream_parser("m")
+    try:
+        event = parse(line)
+    except LLMError:
+        return
+    assert event is None or (isinstance(event.content, str) and isinstance(event.reasoning, str))

@@ -13,8 +13,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from ..errors import APIStatusError, ContentBlockedError, QuotaExceededError, ResponseParseError, status_error_class
 from ..types import ChatCompletionResult, StreamEvent
 from ._anthropic_request import content_blocks, output_format, to_messages, tool_choice, tools
-from .base import LIBRARY_KWARGS, MAX_ERROR_TEXT, ProviderAdapter, RequestSpec, StreamReply, as_str, check_headers, \
-    clean_secret, shape_guard
+from .base import LIBRARY_KWARGS, MAX_ERROR_TEXT, ProviderAdapter, RequestSpec, StreamReply, as_dict, as_str, \
+    check_headers, clean_secret, shape_guard
 from .registry import Provider, register
 
 __all__ = ["DEFAULT_MAX_TOKENS", "THINKING_BUDGETS", "AnthropicAdapter", "split_claude_thoughts", "to_messages",
@@ -58,14 +58,24 @@ def _budget(thinking: Any) -> Optional[int]:
 
 
 # -- replies ------------------------------------------------------------------------------------------------
-def to_usage(usage: Optional[Mapping[str, Any]]) -> Optional[Dict[str, int]]:
+def _count(value: Any) -> int:
+    """A token count, or 0 for anything that is not a finite non-negative number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (_INF, -_INF):
+        return 0
+    return max(0, int(value))
+
+
+_INF = float("inf")
+
+
+def to_usage(usage: Any) -> Optional[Dict[str, int]]:
     """Messages API usage → OpenAI-style usage; prompt_tokens counts cached input too (as OpenAI's does)."""
-    if not usage:
+    if not usage or not isinstance(usage, dict):
         return None
-    fresh = int(usage.get("input_tokens") or 0)
-    read = int(usage.get("cache_read_input_tokens") or 0)
-    write = int(usage.get("cache_creation_input_tokens") or 0)
-    completion = int(usage.get("output_tokens") or 0)
+    fresh = _count(usage.get("input_tokens"))
+    read = _count(usage.get("cache_read_input_tokens"))
+    write = _count(usage.get("cache_creation_input_tokens"))
+    completion = _count(usage.get("output_tokens"))
     prompt = fresh + read + write
     out = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
     if read or write:
@@ -76,8 +86,8 @@ def to_usage(usage: Optional[Mapping[str, Any]]) -> Optional[Dict[str, int]]:
 
 
 def _tool_call(block: Mapping[str, Any]) -> Dict[str, Any]:
-    return {"id": block.get("id"), "type": "function",
-            "function": {"name": block.get("name"), "arguments": json.dumps(block.get("input") or {})}}
+    return {"id": as_str(block.get("id")), "type": "function",
+            "function": {"name": as_str(block.get("name")), "arguments": json.dumps(block.get("input") or {})}}
 
 
 def split_claude_thoughts(content: Any) -> Tuple[str, str, List[Dict[str, Any]]]:
@@ -85,12 +95,12 @@ def split_claude_thoughts(content: Any) -> Tuple[str, str, List[Dict[str, Any]]]
     text: List[str] = []
     thought: List[str] = []
     calls: List[Dict[str, Any]] = []
-    for block in content or ():
+    for block in content if isinstance(content, list) else ():
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            text.append(block.get("text") or "")
+            text.append(as_str(block.get("text")) or "")
         elif kind == "thinking":
-            thought.append(block.get("thinking") or "")
+            thought.append(as_str(block.get("thinking")) or "")
         elif kind == "tool_use":
             calls.append(_tool_call(block))
     return "".join(text), "".join(thought), calls
@@ -129,34 +139,37 @@ class _StreamParser:
         if not isinstance(chunk, dict):
             raise ResponseParseError("stream chunk is not a JSON object", provider=self.adapter.name, model=self.model)
         kind = chunk.get("type")
+        index = chunk.get("index")
+        index = index if isinstance(index, int) else None
         if kind == "content_block_delta":
-            delta = chunk.get("delta") or {}
+            delta = as_dict(chunk.get("delta")) or {}
             dtype = delta.get("type")
             if dtype == "text_delta":
-                return StreamEvent(content=delta.get("text") or "", raw=chunk)
+                return StreamEvent(content=as_str(delta.get("text")) or "", raw=chunk)
             if dtype == "thinking_delta":
-                return StreamEvent(reasoning=delta.get("thinking") or "", raw=chunk)
-            if dtype == "input_json_delta" and chunk.get("index") in self.tools:
-                return StreamEvent(raw=chunk, tool_calls=[{"index": self.tools[chunk["index"]],
-                                                           "function": {"arguments": delta.get("partial_json") or ""}}])
+                return StreamEvent(reasoning=as_str(delta.get("thinking")) or "", raw=chunk)
+            if dtype == "input_json_delta" and index in self.tools:
+                return StreamEvent(raw=chunk, tool_calls=[{"index": self.tools[index], "function": {
+                    "arguments": as_str(delta.get("partial_json")) or ""}}])
             return None  # signature_delta, citations_delta
         if kind == "content_block_start":
-            block = chunk.get("content_block") or {}
-            if block.get("type") == "tool_use":
-                n = self.tools[chunk.get("index")] = len(self.tools)
-                return StreamEvent(raw=chunk, tool_calls=[{"index": n, "id": block.get("id"), "type": "function",
-                                                           "function": {"name": block.get("name"), "arguments": ""}}])
-            if block.get("type") == "text" and block.get("text"):
+            block = as_dict(chunk.get("content_block")) or {}
+            if block.get("type") == "tool_use" and index is not None:
+                n = self.tools[index] = len(self.tools)
+                return StreamEvent(raw=chunk, tool_calls=[{"index": n, "id": as_str(block.get("id")), "type": "function",
+                                                           "function": {"name": as_str(block.get("name")),
+                                                                        "arguments": ""}}])
+            if block.get("type") == "text" and as_str(block.get("text")):
                 return StreamEvent(content=block["text"], raw=chunk)
-            if block.get("type") == "thinking" and block.get("thinking"):
+            if block.get("type") == "thinking" and as_str(block.get("thinking")):
                 return StreamEvent(reasoning=block["thinking"], raw=chunk)
             return None
         if kind == "message_start":  # input usage is kept and reported with message_delta's totals, so the
-            self.usage.update((chunk.get("message") or {}).get("usage") or {})  # first event is real content
-            return None
+            self.usage.update(as_dict((as_dict(chunk.get("message")) or {}).get("usage")) or {})  # first event
+            return None  # is real content
         if kind == "message_delta":
-            self.usage.update({k: v for k, v in (chunk.get("usage") or {}).items() if v is not None})
-            reason = (chunk.get("delta") or {}).get("stop_reason")
+            self.usage.update({k: v for k, v in (as_dict(chunk.get("usage")) or {}).items() if v is not None})
+            reason = as_str((as_dict(chunk.get("delta")) or {}).get("stop_reason"))
             return StreamEvent(usage=to_usage(self.usage), raw=chunk,
                                finish_reason=STOP_REASONS.get(reason, reason) if reason else None)
         if kind == "message_stop":
@@ -280,6 +293,7 @@ class AnthropicAdapter(ProviderAdapter):
     def map_error(self, status_code: int, body: Any, headers: Mapping[str, str], *, model: str) -> APIStatusError:
         message, code = _error_of(body)
         cls = status_error_class(status_code)
+        code = as_str(code)
         if "credit balance" in message.lower() or code == "billing_error":
             cls = QuotaExceededError  # no retry can help: stop a batch early
         return self.status_error(cls, message, status_code=status_code, body=body, headers=headers, model=model,
