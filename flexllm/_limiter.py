@@ -9,6 +9,7 @@ shares one budget. `AdaptiveWindow` is the opt-in AIMD policy on the in-flight c
 from __future__ import annotations
 
 import email.utils
+import os
 import re
 import threading
 import time
@@ -184,6 +185,7 @@ class Limiter:
         self._min_interval = min((cost for _d, cost, _t in dims), default=0.0)
         self._clock = clock
         self._turn_lock = threading.Lock()
+        self._pid = os.getpid()
         self._last_start = float("-inf")
         #: seconds of budget one token costs (0.0 = tokens are not limited)
         self.token_cost = 60.0 * (1.0 + margin) / limit.max_tpm if limit.max_tpm else 0.0
@@ -256,6 +258,8 @@ class Limiter:
         hosts; in process it is a lock. Returns the extra seconds waited."""
         if self._shared:
             return self._shared_turn(sleep)
+        if self._pid != os.getpid():  # forked (gunicorn): a lock held by a parent's thread stays held here
+            self._turn_lock, self._pid, self._last_start = threading.Lock(), os.getpid(), float("-inf")
         with self._turn_lock:
             now = self._clock()
             extra = self._last_start + self._min_interval - now

@@ -231,3 +231,27 @@ def test_adaptive_concurrency_halves_the_window_on_429_and_shows_it(server, capl
     assert any("window now 4" in r.getMessage() for r in caplog_flexllm.records)
     assert 1 <= client._pipeline.window.window <= 8
     assert client._pipeline.budget_status().startswith("window ")
+
+
+def test_gemini_retry_info_in_the_body_pauses_the_budget_too():
+    limiter, clock = fake_limiter(max_qps=5)
+    r = limiter.acquire(sleep=clock.sleep)
+    limiter.settle(r, error=RateLimitError("RESOURCE_EXHAUSTED", status_code=429, retry_after=7.0))
+    assert limiter.delay() == pytest.approx(7.0)
+
+
+def test_a_forked_child_can_use_a_limiter_whose_lock_the_parent_held():
+    import os
+
+    limiter, clock = fake_limiter(max_qps=100)
+    limiter._turn_lock.acquire()  # a parent's thread is inside its turn at fork time
+    pid = os.fork()
+    if pid == 0:  # the child: must not deadlock on the inherited lock (a hang times the test out)
+        code = 1
+        try:
+            limiter.acquire(sleep=clock.sleep)
+            code = 0
+        finally:
+            os._exit(code)
+    limiter._turn_lock.release()
+    assert os.waitpid(pid, 0)[1] == 0
