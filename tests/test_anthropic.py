@@ -181,6 +181,12 @@ def test_thinking_budget_and_reasoning_content(server, thinking, budget):
     assert r.content == "echo: why" and r.reasoning_content == "thinking about: why"
 
 
+def test_adaptive_thinking(server):
+    r = claude(server).chat_completions_sync(user("why"), thinking="adaptive", return_usage=True)
+    assert sent(server)["thinking"] == {"type": "adaptive"} and sent(server)["max_tokens"] == 8192 + 4096
+    assert r.reasoning_content == "thinking about: why"
+
+
 def test_thinking_bad_values_and_budget_over_max_tokens(server):
     for bad in ("extreme", 10, 1.5):
         with pytest.raises(ValueError, match="thinking"):
@@ -446,3 +452,17 @@ def test_stream_lines_of_the_wrong_type(line):
     except LLMError:
         return
     assert event is None or (isinstance(event.content, str) and isinstance(event.reasoning, str))
+
+
+def test_native_blocks_of_a_raw_reply_go_back_unchanged(server):
+    """A thinking + tool-use loop: the signed thinking block must reach Claude again as it came."""
+    c = claude(server)
+    raw = c.chat_completions_sync(user('[[mock:tool=get_weather;tool_args={"city": "Rome"}]] w'), tools=TOOLS,
+                                  thinking="low", return_raw=True)
+    assert [b["type"] for b in raw["content"]] == ["thinking", "tool_use"]
+    tool_id = raw["content"][1]["id"]
+    c.chat_completions_sync(user("w") + [{"role": "assistant", "content": raw["content"]},
+                                         {"role": "tool", "tool_call_id": tool_id, "content": "20C"}],
+                            tools=TOOLS, thinking="low")
+    assert sent(server)["messages"][1] == {"role": "assistant", "content": raw["content"]}
+    assert sent(server)["messages"][2]["content"][0]["tool_use_id"] == tool_id

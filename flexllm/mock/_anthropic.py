@@ -104,7 +104,7 @@ def _usage(turn: Turn, output: int) -> Dict[str, Any]:
 def _blocks(turn: Turn) -> List[Dict[str, Any]]:
     d = turn.directives
     blocks: List[Dict[str, Any]] = []
-    if "think" in d or (turn.body.get("thinking") or {}).get("type") == "enabled":
+    if "think" in d or (turn.body.get("thinking") or {}).get("type") in ("enabled", "adaptive"):
         blocks.append({"type": "thinking", "thinking": turn.thought(), "signature": "mock-signature"})
     if "block" in d:
         return blocks

@@ -44,17 +44,19 @@ HANDLED = frozenset({"tools", "tool_choice", "parallel_tool_calls", "response_fo
 
 
 def _budget(thinking: Any) -> Optional[int]:
-    """budget_tokens for a thinking value; None = no extended thinking."""
+    """budget_tokens for a thinking value; None = no extended thinking; 0 = adaptive (Claude decides)."""
     if thinking is None or thinking is False:
         return None
+    if thinking == "adaptive":
+        return 0
     if thinking is True:
         return THINKING_BUDGETS["medium"]
     if isinstance(thinking, str) and thinking in THINKING_BUDGETS:
         return THINKING_BUDGETS[thinking]
     if isinstance(thinking, int) and not isinstance(thinking, bool) and thinking >= MIN_THINKING_BUDGET:
         return thinking
-    raise ValueError(f"thinking must be True, False, None, one of {tuple(THINKING_BUDGETS)} or a token budget "
-                     f">= {MIN_THINKING_BUDGET} for Claude, got {thinking!r}")
+    raise ValueError(f"thinking must be True, False, None, one of {tuple(THINKING_BUDGETS) + ('adaptive',)} or a "
+                     f"token budget >= {MIN_THINKING_BUDGET} for Claude, got {thinking!r}")
 
 
 # -- replies ------------------------------------------------------------------------------------------------
@@ -229,7 +231,10 @@ class AnthropicAdapter(ProviderAdapter):
             plain = all(b["type"] == "text" and len(b) == 2 for b in system)
             body["system"] = "\n\n".join(b["text"] for b in system) if plain else system
         budget = _budget(params["thinking"] if "thinking" in params else self.thinking)
-        if budget is not None:
+        if budget == 0:  # adaptive: the model decides how much to think, within max_tokens
+            body["thinking"] = {"type": "adaptive"}
+            body.setdefault("max_tokens", THINKING_BUDGETS["medium"] + DEFAULT_MAX_TOKENS)
+        elif budget is not None:
             body["thinking"] = {"type": "enabled", "budget_tokens": budget}
             body.setdefault("max_tokens", budget + DEFAULT_MAX_TOKENS)
             if body["max_tokens"] <= budget:
