@@ -70,7 +70,12 @@ def extract_code_snippets(text: str) -> List[Dict[str, str]]:
 
 
 def parse_to_code(text: str) -> str:
-    """The code in a reply: the first fenced block's code, else the whole text stripped."""
+    """The code in a reply: the first fenced block's code, else the whole text stripped.
+
+    A reasoning model's `<think>…</think>` part is skipped (a draft in the thoughts is not the answer).
+    """
+    if isinstance(text, str):
+        text = _without_thoughts(text)
     snippets = extract_code_snippets(text)
     if snippets:
         return snippets[0]["code"]
@@ -108,14 +113,31 @@ def _depth(text: str) -> int:
     return best
 
 
-def _balanced_span(text: str) -> Optional[str]:
-    """The first balanced {...} or [...] span (strings respected), found in one pass."""
-    start = text.find("{")
-    square = text.find("[")
-    if start < 0 or 0 <= square < start:
-        start = square
-    if start < 0:
-        return None
+MAX_SPANS = 16  # bracketed spans tried in prose: a bound keeps parse_to_obj linear on any input
+
+
+def _balanced_spans(text: str) -> Iterator[str]:
+    """Balanced {...} / [...] spans (strings respected), left to right, at most MAX_SPANS of them.
+
+    Prose often holds a bracketed non-value first ("the format {name: <string>}"), so later spans are
+    tried too; each scan is one pass from its opening bracket.
+    """
+    pos, found, n = 0, 0, len(text)
+    while found < MAX_SPANS and pos < n:
+        curly, square = text.find("{", pos), text.find("[", pos)
+        start = curly if square < 0 or 0 <= curly < square else square
+        if start < 0:
+            return
+        found += 1
+        end = _span_end(text, start)
+        if end is None:
+            pos = start + 1
+            continue
+        yield text[start:end]
+        pos = end
+
+
+def _span_end(text: str, start: int) -> Optional[int]:
     stack: List[str] = []
     pairs = {"{": "}", "[": "]"}
     for i, ch in _structure(text[start:]):
@@ -128,8 +150,17 @@ def _balanced_span(text: str) -> Optional[str]:
                 return None
             stack.pop()
             if not stack:
-                return text[start:start + i + 1]
+                return start + i + 1
     return None
+
+
+def _without_thoughts(text: str) -> str:
+    """The answer part of a reasoning model's reply: the text after `</think>` (when there is any)."""
+    end = text.find("</think>")
+    if end < 0:
+        return text
+    answer = text[end + len("</think>"):]
+    return answer if answer.strip() else text
 
 
 _WORDS = {"True": "true", "False": "false", "None": "null", "true": "true", "false": "false", "null": "null",
@@ -196,6 +227,7 @@ def _tolerant_json(text: str) -> str:
 
 
 def _candidates(text: str) -> Iterator[str]:
+    text = _without_thoughts(text)
     seen = set()
     for snippet in extract_code_snippets(text):
         if snippet["language"] in _DATA_LANGS and snippet["code"].strip():
@@ -205,9 +237,10 @@ def _candidates(text: str) -> Iterator[str]:
     if whole and whole not in seen:
         seen.add(whole)
         yield whole
-    span = _balanced_span(text)
-    if span and span not in seen:
-        yield span
+    for span in _balanced_spans(text):
+        if span not in seen:
+            seen.add(span)
+            yield span
 
 
 def parse_to_obj(text: str) -> Any:
@@ -238,5 +271,5 @@ def parse_to_obj(text: str) -> Any:
         except (ValueError, RecursionError):
             pass
     raise ValueError(f"no JSON or Python literal found: tried json, ast.literal_eval and tolerant JSON on "
-                     f"{tried} candidate(s) (code blocks, the whole text, the first bracketed span; "
+                     f"{tried} candidate(s) (code blocks, the whole text, bracketed spans; "
                      f"nesting over {MAX_DEPTH} is refused)")

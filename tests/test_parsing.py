@@ -73,3 +73,29 @@ def test_parsers_raise_only_value_error(text):
         parse_to_obj(text)
     except ValueError:
         pass
+
+
+# realistic replies of reasoning and chatty models
+@pytest.mark.parametrize("text, expected", [
+    ('<think>Let me think {not json}</think>\n{"answer": 42}', {"answer": 42}),
+    ('<think>maybe [1, 2]?</think>\n\n```json\n{"final": 2}\n```', {"final": 2}),
+    ('Let me reason {draft} about it.</think>{"answer": 1}', {"answer": 1}),  # a lone closing tag
+    ('Example of the format: {name: <string>}. Answer: {"name": "Ada"}', {"name": "Ada"}),
+    ('Options [a, b] considered; result: [1, 2, 3]', [1, 2, 3]),
+    ('```text\nnot data\n```\nThe object: {"k": "v"}', {"k": "v"}),
+    ('It\'s done: {"it\'s": "fine"}', {"it's": "fine"}),
+])
+def test_parse_to_obj_on_realistic_replies(text, expected):
+    assert parse_to_obj(text) == expected
+
+
+def test_many_broken_spans_stay_linear():
+    text = "{x} " * 20000 + '{"a": 1}'
+    with pytest.raises(ValueError):  # bounded tries: it gives up instead of scanning forever
+        parse_to_obj(text)
+    assert parse_to_obj("{x} " * 5 + '{"a": 1}') == {"a": 1}
+
+
+def test_parse_to_code_skips_the_thoughts():
+    text = "<think>draft:\n```python\nprint('draft')\n```\n</think>\n```python\nprint('final')\n```"
+    assert parse_to_code(text) == "print('final')"
