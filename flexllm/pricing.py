@@ -6,6 +6,8 @@ own numbers by editing `MODEL_PRICING` (a plain dict) if yours differ.
 """
 from __future__ import annotations
 
+import re
+
 import threading
 from typing import Any, Dict, Iterable, List, Optional
 
@@ -58,6 +60,13 @@ _warned: set = set()
 _warn_lock = threading.Lock()
 
 
+#: what may follow a known name for the same model: a dated / numbered snapshot (`-2024-08-06`, `-0613`,
+#: `-001`, `@20250929`), a tag (`:latest`), `-latest` / `-preview` / `-exp`, or a reasoning-effort suffix
+#: (`o3-mini-high`). Anything else is another model
+#: (`gpt-5-pro` is not `gpt-5`, `gpt-4.5` is not `gpt-4`, `claude-opus-4-8` is not `claude-opus-4`).
+_SNAPSHOT = re.compile(r"[-@]\d{3}|[@:]|-(?:latest|preview|exp|minimal|low|medium|high)\b")
+
+
 def _normalise(model: str) -> str:
     name = (model or "").strip().lower()
     for prefix in _PREFIXES:
@@ -67,7 +76,8 @@ def _normalise(model: str) -> str:
 
 
 def get_model_pricing(model: str, batch: bool = False) -> Optional[Dict[str, float]]:
-    """`{"input", "output"}` USD per token: exact name, else the longest known prefix (so
+    """`{"input", "output"}` USD per token: exact name, else the longest known name followed by a snapshot
+    suffix (`_SNAPSHOT`; so
     `gpt-4o-mini-2024-07-18` is priced as gpt-4o-mini, never gpt-4o); None when unknown.
     `batch=True`: the provider-batch price (BATCH_DISCOUNT of the live one)."""
     name = _normalise(model)
@@ -76,7 +86,7 @@ def get_model_pricing(model: str, batch: bool = False) -> Optional[Dict[str, flo
     if found is None:
         best = None
         for key in table:
-            if name.startswith(key) and (best is None or len(key) > len(best)):
+            if name.startswith(key) and _SNAPSHOT.match(name, len(key)) and (best is None or len(key) > len(best)):
                 best = key
         found = table[best] if best else None
     if found is not None and batch:
