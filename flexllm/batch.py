@@ -71,6 +71,7 @@ class BatchJob:
         self._elapsed = 0.0
         self._stop = stop if stop is not None else threading.Event()  # set: no new request or retry starts
         self._scope = _cancel.Scope(self._stop)  # bound in every worker: a stop wakes their sleeps
+        self._capped = threading.Event()  # the cost cap is reached: no new item starts (those under way finish)
         self._lock = threading.Lock()  # the counters (the file and the progress display own their locks)
         self._closed = False
         self._meta_iter: Optional[Iterator[Optional[dict]]] = None  # metadata_list given as an iterator
@@ -161,12 +162,12 @@ class BatchJob:
                         continue
                     while len(pending) >= window:
                         yield from self._finish(done_q.get(), pending)
-                    if self._stop.is_set():
+                    if self._stop.is_set() or self._capped.is_set():
                         break
                     future = executor.submit(self._work, *messages, checkpoint, progress)
                     pending.add(future)
                     future.add_done_callback(done_q.put)
-                if self._stop.is_set():
+                if self._stop.is_set() or self._capped.is_set():
                     break
             while pending:
                 yield from self._finish(done_q.get(), pending)
@@ -287,7 +288,7 @@ class BatchJob:
               plain: Optional[dict], checkpoint: Optional[Checkpoint],
               progress: BatchProgress) -> Optional[BatchResultItem]:
         """Run one item on a worker thread and record it there at once (file, counters, progress)."""
-        if self._stop.is_set():
+        if self._stop.is_set() or self._capped.is_set():
             return None
         budget, hold = self.budget, None
         if budget is not None:
@@ -295,9 +296,7 @@ class BatchJob:
             if hold is None:
                 self._stop_for_budget()
                 return None
-            # stopped for another reason (Ctrl-C, quota) while it waited for the first reply: do not start;
-            # a reservation that fits is kept even when another item was just refused by the cap
-            if self._stop.is_set() and self.stopped_reason != "budget":
+            if self._stop.is_set():  # stopped (Ctrl-C, quota) while it waited for the first reply
                 budget.settle(hold, 0.0)
                 return None
         started = time.perf_counter()
@@ -343,11 +342,12 @@ class BatchJob:
         return item
 
     def _stop_for_budget(self) -> None:
+        """No new item starts; requests under way (their reservations fit) finish and are recorded."""
         with self._lock:
-            if self._stop.is_set():
+            if self._stop.is_set() or self._capped.is_set():
                 return
             self.stopped_reason = "budget"
-            self._stop.set()
+            self._capped.set()
         logger.warning("stopping the batch: max_cost_usd=%s would be passed (spent $%.4f); finished results are "
                        "kept, rerun with a higher cap to resume", self.budget.cap if self.budget else None,
                        self.budget.spent if self.budget else 0.0)
