@@ -10,6 +10,7 @@ sync call on the user's own thread) sleeps with `time.sleep`, exactly as before.
 from __future__ import annotations
 
 import contextvars
+import socket
 import threading
 import time
 from typing import Any, Optional
@@ -29,17 +30,19 @@ class Scope:
     """The stop signal of one batch job or one awaited call, shared by the threads working for it.
 
     `abandon=True` (an awaited single call): when stopped, the concurrency slot held by a request still
-    on the wire is handed back at once, so a cancelled/timed-out await never starves later calls; that
-    request finishes (or hits its timeout) in its own thread and its reply is thrown away.
+    on the wire is handed back at once, so a cancelled/timed-out await never starves later calls. On the
+    lean HTTP/1.1 path its socket is shut down too (the thread ends at once); on the httpx path (streams,
+    proxy=, http2=) the request finishes or hits its timeout in its own thread and its reply is dropped.
     """
 
-    __slots__ = ("event", "abandon", "_lock", "_slot")
+    __slots__ = ("event", "abandon", "_lock", "_slot", "_sock")
 
     def __init__(self, event: Optional[threading.Event] = None, *, abandon: bool = False) -> None:
         self.event = event if event is not None else threading.Event()
         self.abandon = abandon
         self._lock = threading.Lock()
         self._slot: Any = None  # the semaphore whose slot this scope's request holds
+        self._sock: Any = None  # the socket this scope's request is using (lean HTTP path), for stop()
 
     @property
     def stopped(self) -> bool:
@@ -52,8 +55,23 @@ class Scope:
         if self.abandon:
             with self._lock:
                 slot, self._slot = self._slot, None
+                sock = self._sock
             if slot is not None:
                 slot.release()
+            if sock is not None:
+                _shutdown(sock)  # the thread blocked reading it fails at once: its executor thread is free
+
+    def watch(self, sock: Any) -> None:
+        """Record the socket this scope's request is using; a stop (with `abandon`) shuts it down."""
+        with self._lock:
+            self._sock = sock
+        if self.abandon and self.event.is_set():
+            _shutdown(sock)
+
+    def unwatch(self) -> None:
+        """The request is done with its socket."""
+        with self._lock:
+            self._sock = None
 
     def hold(self, slot: Any) -> None:
         """Record that this scope's request holds `slot` (acquired by the caller)."""
@@ -68,6 +86,13 @@ class Scope:
             mine, self._slot = self._slot is slot, None
         if mine:
             slot.release()
+
+
+def _shutdown(sock: Any) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed
+        pass
 
 
 _current: "contextvars.ContextVar[Optional[Scope]]" = contextvars.ContextVar("flexllm_scope", default=None)

@@ -25,6 +25,8 @@ from typing import Deque, List, Mapping, Optional, Set, Tuple
 
 import httpx
 
+from . import _cancel
+
 __all__ = ["Origin", "Prepared"]
 
 _KEEPALIVE_EXPIRY = 5.0  # httpx's default: uvicorn (vLLM, SGLang) drops idle connections after 5 s
@@ -94,6 +96,11 @@ class Origin:
         sock = self._checkout(deadline)
         busy = self._busy
         busy.add(sock)
+        scope = _cancel.current()
+        if scope is not None and scope.abandon:
+            scope.watch(sock)  # a cancelled await shuts this socket down (see _cancel.Scope)
+        else:
+            scope = None
         keep = False
         try:
             try:
@@ -107,6 +114,9 @@ class Origin:
             return status, headers, body
         finally:
             busy.discard(sock)
+            if scope is not None:
+                scope.unwatch()
+                keep = keep and not scope.event.is_set()
             if keep and not self._closed and len(self._idle) < self._max_idle:
                 self._idle.append((sock, time.monotonic()))
             else:

@@ -101,6 +101,30 @@ def test_timed_out_await_gives_back_its_concurrency_slot(server):
     client.close()
 
 
+def test_many_timed_out_awaits_do_not_exhaust_the_thread_pool(server):
+    """Each abandoned request's socket is shut down, so its thread ends at once: after 12 timed-out calls
+    (more than the async thread pool's 2·concurrency_limit+4 threads) a new call still runs at once."""
+    client = OpenAIClient(base_url=server.url, model="m", concurrency_limit=1, retry_times=2)
+
+    async def main():
+        for i in range(12):
+            task = asyncio.create_task(client.chat_completions(user(f"[[mock:latency=30]] slow {i}")))
+            for _ in range(int(BOUND * 100)):
+                if len(server.requests) > i or task.done():
+                    break
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        return await asyncio.wait_for(client.chat_completions(user("next")), BOUND)
+
+    assert asyncio.run(main()) == "echo: next"
+    # all 12 slow requests reached the server (none retried), and the fast one was answered while the
+    # server was still holding every one of them (counted on the server, not timed)
+    assert len(server.requests) == 13 and server.max_in_flight >= 13  # (an earlier test may still hold one)
+    client.close()
+
+
 def test_cancelled_await_never_starts_a_retry(server):
     client = OpenAIClient(base_url=server.url, model="m", retry_times=3)
 
