@@ -7,7 +7,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHES = ["bench_throughput.py", "bench_scale.py", "bench_qps.py", "bench_budget.py", "bench_cache.py",
-           "bench_cli.py", "bench_memory.py"]
+           "bench_cli.py", "bench_memory.py", "bench_cli_memory.py"]
 
 
 def main() -> int:

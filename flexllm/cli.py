@@ -249,10 +249,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
         client.close()
         print(_dry_run(messages_list, client.model or "", args.max_tokens), file=sys.stderr)
         return EXIT_OK
-    summary, code = _guarded(client, lambda: client.chat_completions_batch_sync(
-        messages_list, output_file=checkpoint, show_progress=not args.no_progress, return_summary=True,
-        metadata_list=metadata, params_list=params_list, redo=args.redo, max_cost_usd=args.max_cost,
-        **params)[1], f"results so far are in {checkpoint}. Rerun the same command to resume.")
+    job = client._batch_job(None, params, checkpoint, metadata, not args.no_progress, 1.0, False,
+                            params_list=params_list, redo=args.redo, max_cost_usd=args.max_cost)
+    summary, code = _guarded(client, lambda: _drain_job(job, messages_list),
+                             f"results so far are in {checkpoint}. Rerun the same command to resume.")
     if summary is None:
         return code
     _print_summary(summary, checkpoint)
@@ -270,6 +270,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if summary["failed"] or summary.get("stopped_reason"):
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _drain_job(job: Any, messages_list: Any) -> Dict[str, Any]:
+    """Run a batch for its file and summary only: no list of replies grows with the input."""
+    for _ in job.run(messages_list):
+        pass
+    return job.summary()
 
 
 def _dry_run(messages_list: List[List[dict]], model: str, max_tokens: Optional[int]) -> str:
