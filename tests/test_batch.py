@@ -194,9 +194,9 @@ CHILD = textwrap.dedent("""
     from flexllm import OpenAIClient
     url, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     client = OpenAIClient(base_url=url, model="mock-model", concurrency_limit=4)
-    prompts = [[{"role": "user", "content": f"k{i}"}] for i in range(n)]
+    prompts = ([{"role": "user", "content": f"k{i}"}] for i in range(n))  # streamed, with streamed metadata
     client.chat_completions_batch_sync(prompts, output_file=out, show_progress=False,
-                                       metadata_list=[{"row": i} for i in range(n)])
+                                       metadata_list=({"row": i} for i in range(n)))
 """)
 
 
@@ -207,6 +207,7 @@ def run_child(server, out, n):
 
 
 def check_complete(out, n):
+    assert [p.name for p in out.parent.iterdir() if ".tmp-" in p.name] == []
     records = read_records(out)
     assert sorted(r["index"] for r in records) == list(range(n))  # every index exactly once
     for r in records:

@@ -156,6 +156,23 @@ def test_resume_holds_no_records_in_memory(server, tmp_path):
     assert held[0] < 50, f"{held[0]} records held in memory halfway through a resume of {n}"
 
 
+def test_resume_state_is_one_8_byte_slot_per_index(tmp_path):
+    from flexllm._checkpoint import Checkpoint
+
+    out = tmp_path / "out.jsonl"
+    with open(out, "w") as f:
+        for i in range(1000):
+            f.write(json.dumps({"index": i, "status": "success" if i % 3 else "error", "output": "x",
+                                "input": user(f"r{i}")}) + "\n")
+    checkpoint = Checkpoint(str(out)).open()
+    try:
+        assert records_held() == 0
+        assert len(checkpoint.done) == 666 and 0 not in checkpoint.done and 1 in checkpoint.done
+        assert (len(checkpoint.done._slots), checkpoint.done._slots.itemsize) == (1000, 8)
+    finally:
+        checkpoint.close()
+
+
 # -- 5. corrected metadata --------------------------------------------------------------------------------
 
 def test_stored_metadata_wins_and_a_difference_is_warned(server, tmp_path, caplog_flexllm):
