@@ -39,12 +39,12 @@ from ._batch_ledger import Ledger, LedgerBatch, format_ranges
 from ._checkpoint import Checkpoint
 from ._logging import get_logger
 from ._messages import check_messages
-from ._pipeline import cache_entry, result_from_cache
-
+from ._pipeline import cache_entry, result_from_hit, wire_params
 from .errors import LLMError, NotFoundError
 from .pricing import BATCH_DISCOUNT, get_model_pricing, usage_cost
 from .progress import BatchProgress
 from .providers.batch_base import TERMINAL, BatchState
+from .structured import fill_parsed, response_schema
 from .types import BatchResultItem
 
 __all__ = ["ProviderBatchJob"]
@@ -71,7 +71,15 @@ class ProviderBatchJob:
             raise ValueError("provider batch mode needs output_file= (results and the ledger live beside it)")
         if fallback_online_after is not None and fallback_online_after < 0:
             raise ValueError(f"fallback_online_after must be >= 0 hours, got {fallback_online_after!r}")
+        live_only = sorted(k for k in ("params_list", "redo", "max_cost_usd", "return_summary", "flush_interval")
+                           if k in params)
+        if live_only:
+            raise ValueError(f"submit_batch does not take {', '.join(live_only)} (live batches do)")
         self.client, self.model, self.params = client, model, params
+        #: what the adapter and the cache key see (a schema response_format in its wire form), checked now
+        self.wire = wire_params(params)
+        fmt = params.get("response_format")
+        self.schema = response_schema(fmt) if fmt is not None else None
         self.output_file, self.metadata_list = output_file, metadata_list
         self.wait, self.fallback_after = wait, fallback_online_after
         self.poll_interval, self.show_progress, self.skip_cache = poll_interval, show_progress, skip_cache
@@ -199,6 +207,8 @@ class ProviderBatchJob:
             elif item.body is not None:
                 try:
                     result = self.adapter.parse_response(item.body, model=b.model or self.model)
+                    if self.schema is not None:  # no re-ask in a batch: an invalid reply is this item's error
+                        fill_parsed(result, self.schema, provider=self.adapter.name, model=b.model or self.model)
                 except LLMError as exc:
                     self._write_error(index, f"{type(exc).__name__}: {exc}", b)
                     errored += 1
@@ -296,21 +306,22 @@ class ProviderBatchJob:
                 if len(batch) < 256:
                     continue
             valid = [i for i in batch if _valid(self.messages[i])]
-            hits = self.pipeline.cached_many([(self.messages[i], self.model, self.params) for i in valid])
+            hits = self.pipeline.cached_many([(self.messages[i], self.model, self.wire) for i in valid])
             hit_of = dict(zip(valid, hits))
             for i in batch:
                 hit = hit_of.get(i)
-                if hit is None:
+                result = result_from_hit(hit, self.params, self.model) if hit is not None else None
+                if result is None:  # a miss, or an entry that does not fit the schema
                     yield i
                     continue
-                self._append(self._item(i, "cached", result_from_cache(hit), via=None), rate=0.0)
+                self._append(self._item(i, "cached", result, via=None), rate=0.0)
             batch = []
 
     def _line(self, index: int) -> Optional[bytes]:
         messages = self.messages[index]
         try:
             check_messages(messages)
-            spec = self.adapter.build_request(messages, self.model, self.params)
+            spec = self.adapter.build_request(messages, self.model, self.wire)
         except ValueError as exc:  # this item fails alone, like in a live batch
             self._write_error(index, f"ValueError: item {index}: {exc}", None)
             self._submitted_now.add(index)
@@ -361,10 +372,12 @@ class ProviderBatchJob:
     def _item(self, index: int, status: str, result: Any = None, error: Optional[str] = None,
               via: Optional[str] = VIA, batch_id: Optional[str] = None) -> BatchResultItem:
         meta = self.metadata_list[index] if self.metadata_list is not None else None
-        item = BatchResultItem(index, None, None, status, error, 0.0, meta, via=via, batch_id=batch_id)
+        item = BatchResultItem(index, None, None, status, error, 0.0, meta, via=via, batch_id=batch_id,
+                               attempts=1 if via == VIA else 0)
         if result is not None:
             item.content, item.usage, item.reasoning_content = result.content, result.usage, result.reasoning_content
             item.finish_reason, item.tool_calls = result.finish_reason, result.tool_calls
+            item.parsed = getattr(result, "parsed", None)
         return item
 
     def _append(self, item: BatchResultItem, rate: float) -> None:
@@ -386,7 +399,7 @@ class ProviderBatchJob:
         cache = None if self.skip_cache else self.pipeline.cache
         if cache is not None:
             # keyed by the model the batch ran on (a later run may have been given another one)
-            key = self.pipeline.cache_key(self.messages[index], b.model or self.model, self.params)
+            key = self.pipeline.cache_key(self.messages[index], b.model or self.model, self.wire)
             cache.set(key, cache_entry(result))
 
     def _write_error(self, index: int, error: str, b: Optional[LedgerBatch], via: str = VIA) -> None:

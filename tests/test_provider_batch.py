@@ -434,3 +434,22 @@ def test_server_without_a_batch_api_is_a_clear_failure(server, tmp_path, caplog_
     assert summary["submit_failed"] == 2 and summary["in_flight"] == 0 and not summary["complete"]
     assert "no Batch API" in caplog_flexllm.text
     assert not [e for e in ledger(out) if e["event"] == "intent"]  # nothing half-submitted
+
+
+def test_structured_output_is_sent_in_wire_form_and_validated_on_collection(server, tmp_path):
+    server.configure(batch_time_scale=FAST)
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    out = str(tmp_path / "s.jsonl")
+    with openai_client(server) as client:
+        client.submit_batch(prompts(2), output_file=out, response_format=schema)
+        sent = [f for f in server.batch_store.files.values() if f["purpose"] == "batch"][0]["content"]
+        body = json.loads(sent.splitlines()[0])["body"]
+        assert body["response_format"]["type"] == "json_schema"  # the live request's wire form
+        settle(server)
+        summary = client.submit_batch(prompts(2), output_file=out, response_format=schema)
+        with pytest.raises(ValueError, match="max_cost_usd"):
+            client.submit_batch(prompts(2), output_file=out, max_cost_usd=1.0)
+    assert summary["complete"]
+    records = read_records(out)
+    assert all(isinstance(r["parsed"], dict) and "city" in r["parsed"] for r in records)
+    assert all(r["attempts"] == 1 for r in records)
