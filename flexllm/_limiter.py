@@ -195,8 +195,7 @@ class Limiter:
         self._fallback: Optional[MemoryStore] = None
         self._fallback_since = 0.0
         self._outage = False
-        if store is None and limit.is_shared:
-            self._call(lambda s: s.check(), deadline=None, first=True)
+        self._worked = False  # the store answered once in this process (an outage after that is waited out)
 
     # -- the interface -------------------------------------------------------------------------------
     @property
@@ -347,10 +346,11 @@ class Limiter:
             self._avg_completion += (completion - self._avg_completion) * weight
 
     # -- store faults --------------------------------------------------------------------------------
-    def _call(self, op: Callable, deadline: Optional[float], first: bool = False, wait: bool = True,
+    def _call(self, op: Callable, deadline: Optional[float], wait: bool = True,
               sleep: Callable[[float], None] = time.sleep):
         """Run `op(store)`; on an unreachable shared store fall back, wait for it, or raise (RateLimit's
-        `on_store_error`)."""
+        `on_store_error`). The store is reached lazily: a store that never answered in this process is a
+        RateLimitStoreError at once; one that goes away later is waited for, up to the request timeout."""
         fallback = self._fallback
         if fallback is not None:
             if time.monotonic() - self._fallback_since < _FALLBACK_RETRY:
@@ -359,14 +359,15 @@ class Limiter:
         try:
             result = op(self._store)
         except StoreUnavailable as exc:
-            return self._unavailable(op, exc, deadline, first, wait, sleep)
+            return self._unavailable(op, exc, deadline, wait, sleep)
+        self._worked = True
         if self._outage:
             self._outage = False
             logger.warning("rate-limit store %s is reachable again; requests continue", safe_url(self._store.url))
         return result
 
-    def _unavailable(self, op: Callable, exc: StoreUnavailable, deadline: Optional[float], first: bool,
-                     wait: bool, sleep: Callable[[float], None]):
+    def _unavailable(self, op: Callable, exc: StoreUnavailable, deadline: Optional[float], wait: bool,
+                     sleep: Callable[[float], None]):
         url = safe_url(self._store.url)
         if self.limit.on_store_error == "local":
             if self._fallback is None:
@@ -374,7 +375,7 @@ class Limiter:
                                "(on_store_error='local')", url, exc)
                 self._fallback, self._fallback_since = MemoryStore(), time.monotonic()
             return op(self._fallback)
-        if first or not wait:
+        if not self._worked or not wait:
             raise RateLimitStoreError(f"rate-limit store {url} cannot be used: {exc}") from None
         if not self._outage:
             self._outage = True

@@ -21,14 +21,16 @@ held across a request, and a process killed mid-transaction leaves nothing behin
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 import time
-from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
 from ._logging import get_logger
 from .errors import LLMError
+
+if TYPE_CHECKING:
+    import sqlite3
 
 __all__ = ["PAUSE", "Dims", "MemoryStore", "RateLimitStoreError", "SQLiteStore", "StoreUnavailable", "gcra",
            "open_store", "safe_url", "shifted", "sqlite_path"]
@@ -159,11 +161,13 @@ class SQLiteStore:
         self.url = url
         self.path = sqlite_path(url)
         self._lock = threading.Lock()
-        self._conn: Optional[sqlite3.Connection] = None
+        self._conn: Optional["sqlite3.Connection"] = None
         self._pid = os.getpid()
         self._orphans: list = []  # a parent's connections after fork: never used, never closed here
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self) -> "sqlite3.Connection":
+        import sqlite3  # loaded only when a SQLite store is used
+
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
         if self._pid != os.getpid():
@@ -207,6 +211,8 @@ class SQLiteStore:
                        "fresh one", self.path, exc, aside)
 
     def _transaction(self, name: str, work: Callable[[Dict[str, float], float], Tuple[object, Dict[str, float]]]):
+        import sqlite3
+
         with self._lock:
             for attempt in (1, 2):
                 conn = self._connect()

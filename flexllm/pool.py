@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from . import _cancel
 from ._api import ClientAPI
-from ._limiter import Limiter, limiter_for
+from ._limiter import AdaptiveWindow, Limiter, limiter_for
 from ._logging import get_logger
 from ._pipeline import Outcome, Pipeline
 from .client import LLMClient, _BaseClient
@@ -175,6 +175,9 @@ class LLMClientPool(ClientAPI):
         self.model = model or self._clients[0].model
         self.concurrency_limit = sum(c.concurrency_limit for c in self._clients)
         self._limiters: Tuple[Limiter, ...] = (limiter_for(rate_limit),) if rate_limit is not None else ()
+        #: AIMD window over the whole pool's attempts in flight (rate_limit with adaptive=True), else None
+        self.window = AdaptiveWindow(self.concurrency_limit) if rate_limit is not None and rate_limit.adaptive \
+            else None
         self._busy = {id(cfg): 0 for cfg in self._configs}
         self._starting = {id(cfg): 0 for cfg in self._configs}  # chosen, budget start not yet taken
         self._last_failure: Dict[int, LLMError] = {}
@@ -319,7 +322,7 @@ class LLMClientPool(ClientAPI):
             call.used[id(cfg)] = call.used.get(id(cfg), 0) + 1
             claim = _Claim(self, id(cfg))
             try:
-                result = work(client._pipeline, model or client.model, claim)
+                result = self._attempt(work, client._pipeline, model or client.model, claim)
             except LLMError as exc:
                 self._release(cfg, claim)
                 exc.attempts = call.attempts  # type: ignore[attr-defined]
@@ -346,6 +349,22 @@ class LLMClientPool(ClientAPI):
                 raise
             self._last_failure.pop(id(cfg), None)
             return result, cfg, call.attempts
+
+    def _attempt(self, work: Callable[[Pipeline, str, Callable[[], None]], Any], pipeline: Pipeline, model: str,
+                 claim: Callable[[], None]) -> Any:
+        """One attempt, inside the pool's adaptive window when its rate_limit asks for one (adaptive=True)."""
+        window = self.window
+        if window is None:
+            return work(pipeline, model, claim)
+        ticket = window.enter()
+        limited = False
+        try:
+            return work(pipeline, model, claim)
+        except RateLimitError:
+            limited = True
+            raise
+        finally:
+            window.leave(ticket, limited)
 
     def _wait_before_retry(self, exc: Optional[LLMError], retries: int) -> None:
         delay = retry_wait(exc, retries, self.retry_delay) if exc is not None else 0.0
@@ -420,7 +439,8 @@ class LLMClientPool(ClientAPI):
 
     def budget_status(self) -> str:
         """A short progress-line note on the endpoints' budgets ("" when none is limited)."""
-        return "; ".join(s for s in (c._pipeline.budget_status() for c in self._clients) if s)
+        own = [f"window {self.window.window}/{self.window.limit}"] if self.window is not None else []
+        return "; ".join(own + [s for s in (c._pipeline.budget_status() for c in self._clients) if s])
 
     def _batch_runner(self) -> "LLMClientPool":
         return self

@@ -255,3 +255,16 @@ def test_a_forked_child_can_use_a_limiter_whose_lock_the_parent_held():
             os._exit(code)
     limiter._turn_lock.release()
     assert os.waitpid(pid, 0)[1] == 0
+
+
+def test_pool_adaptive_window_halves_on_429(server, caplog_flexllm):
+    from flexllm import LLMClientPool
+
+    pool = LLMClientPool(endpoints=[{"base_url": server.url, "model": "m", "concurrency_limit": 8}], retry_delay=0.01,
+                         rate_limit=RateLimit(adaptive=True, name="pool-aimd"))
+    server.add_rule(status=429, retry_after_ms="10", times=1)
+    _, summary = pool.chat_completions_batch_sync([user(f"v{i}") for i in range(16)], show_progress=False,
+                                                  return_summary=True)
+    assert summary["success"] == 16
+    assert any("window now 4" in r.getMessage() for r in caplog_flexllm.records)
+    assert pool.budget_status().startswith("window ")

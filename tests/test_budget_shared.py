@@ -206,10 +206,15 @@ def test_a_corrupt_limits_file_is_recreated_with_one_warning(tmp_path, caplog):
 
 def test_unreachable_redis_is_a_clear_error_without_the_password_or_a_local_fallback(server, caplog):
     url = f"redis://app:s3cret-pw@127.0.0.1:{free_port()}/0"
-    with pytest.raises(RateLimitStoreError) as info:
-        LLMClient(model="m", base_url=server.url, rate_limit=RateLimit(max_qps=5, shared=url, name="r"))
+    client = LLMClient(model="m", base_url=server.url, rate_limit=RateLimit(max_qps=5, shared=url, name="r"))
+    with pytest.raises(RateLimitStoreError) as info:  # the store is reached lazily, on the first request
+        client.chat_completions_sync(user("x"))
     assert "127.0.0.1" in str(info.value) and "s3cret-pw" not in str(info.value)
-    assert "s3cret-pw" not in repr(info.value.__dict__)
+    assert "s3cret-pw" not in repr(info.value.__dict__) and server.requests == []
+    _, summary = client.chat_completions_batch_sync([user(f"b{i}") for i in range(50)], show_progress=False,
+                                                    return_summary=True)
+    assert "rate-limit store" in summary["stopped_reason"] and summary["failed"] < 50  # stops, no 50 errors
+    assert server.requests == []
     caplog.set_level(logging.WARNING, logger="flexllm")
     client = LLMClient(model="m", base_url=server.url,
                        rate_limit=RateLimit(max_qps=50, shared=url, name="r", on_store_error="local"))
