@@ -1,8 +1,8 @@
 """Where a rate budget's state lives: this process (memory), a SQLite file (one host), Redis (many hosts).
 
 Every store runs the same GCRA (virtual scheduling): the state of one budget is one timestamp per
-dimension — the theoretical arrival time (TAT) of the next start — plus one "paused until" timestamp
-set by a 429's retry delay. A reservation over dimensions `(dim, cost_s, tolerance_s)` starts at
+dimension ("qps", "rpm", "tpm", and "turn", which spaces the actual starts) — the theoretical arrival time
+(TAT) of the next start — plus one "paused until" timestamp set by a 429's retry delay. A reservation over dimensions `(dim, cost_s, tolerance_s)` starts at
 `max(now, paused, TAT_d - tolerance_d for every d)` and moves each `TAT_d` to `max(TAT_d, start) + cost_d`
 ("pay after": a start is never delayed by its own cost, so in any window the budget is exceeded by at
 most one request). Refunds and charges move a TAT; provider headers and 429s only ever push it later.

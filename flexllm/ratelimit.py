@@ -3,7 +3,7 @@
 A `RateLimit` says how fast (starts per second / minute, tokens per minute) and where the budget lives:
 in this process (`shared=None`), in a SQLite file every process on a host shares (`sqlite:///path`), or
 on a Redis server shared across hosts (`redis://…`). It is a frozen, picklable value: it holds no lock,
-socket or connection (stores connect lazily, once per process). `flexllm._budget.Limiter` is the
+socket or connection (stores connect lazily, once per process). `flexllm._limiter.Limiter` is the
 running side: it reserves starts and tokens in the store and learns from the replies (DESIGN §12).
 """
 from __future__ import annotations
