@@ -180,16 +180,18 @@ class Pipeline:
         cache = self.cache
         if cache is None:
             return [None] * len(requests)
-        from .cache import cache_key
+        from .cache import cache_keys
 
-        name, key_params = self.adapter.name, self.adapter.cache_params
+        key_params = self.adapter.cache_params
         shared: Dict[int, Dict[str, Any]] = {}  # a batch's items share one params dict: filter it once
-        keys = []
-        for m, model, p in requests:
+
+        def parts(m: List[dict], model: str, p: Dict[str, Any]) -> Tuple[str, List[dict], Dict[str, Any]]:
             wanted = shared.get(id(p))
             if wanted is None:
                 wanted = shared[id(p)] = key_params(wire_params(p))
-            keys.append(cache_key(name, model, m, wanted))
+            return model, m, wanted
+
+        keys = cache_keys(self.adapter.name, [parts(m, model, p) for m, model, p in requests])
         hits = cache.get_many(keys)
         return [hits.get(k) for k in keys]
 

@@ -14,13 +14,13 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ._hashing import canonical_json, strip_inline_media
 from ._logging import get_logger
 from .config import ResponseCacheConfig
 
-__all__ = ["CACHE_FILENAME", "ResponseCache", "cache_key"]
+__all__ = ["CACHE_FILENAME", "ResponseCache", "cache_key", "cache_keys"]
 
 logger = get_logger(__name__)
 
@@ -38,12 +38,30 @@ def cache_key(provider: str, model: str, messages: List[dict], params: Mapping[s
     `params` are the output-affecting parameters (the adapter filters out library words); None values
     are dropped so `{"temperature": None}` keys the same as `{}`.
     """
-    payload = {"p": provider, "m": model, "msg": messages, "params": {k: v for k, v in params.items() if v is not None}}
-    text = canonical_json(payload)
-    if "base64," in text or '"mimeType"' in text:  # only then walk the messages to hash inline media
-        payload["msg"] = strip_inline_media(messages)
-        text = canonical_json(payload)
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return cache_keys(provider, [(model, messages, params)])[0]
+
+
+def cache_keys(provider: str, requests: Iterable[Tuple[str, List[dict], Mapping[str, Any]]]) -> List[str]:
+    """`cache_key` of many `(model, messages, params)`: what a batch's items share is encoded once.
+
+    The key hashes the canonical JSON of `{"m": model, "msg": messages, "p": provider, "params": params}`
+    (sorted keys, so exactly that order): only the messages part differs from item to item.
+    """
+    frames: Dict[Tuple[str, int], Tuple[str, str]] = {}
+    sha256 = hashlib.sha256
+    out = []
+    for model, messages, params in requests:
+        frame = frames.get((model, id(params)))
+        if frame is None:
+            kept = {k: v for k, v in params.items() if v is not None}
+            frame = frames[(model, id(params))] = (
+                '{"m":' + canonical_json(model) + ',"msg":',
+                ',"p":' + canonical_json(provider) + ',"params":' + canonical_json(kept) + "}")
+        text = canonical_json(messages)
+        if "base64," in text or '"mimeType"' in text:  # only then walk the messages to hash inline media
+            text = canonical_json(strip_inline_media(messages))
+        out.append(sha256((frame[0] + text + frame[1]).encode("utf-8", "surrogatepass")).hexdigest())
+    return out
 
 
 class ResponseCache:

@@ -4,7 +4,7 @@ import json
 import sqlite3
 
 from flexllm import OpenAIClient, ResponseCacheConfig
-from flexllm.cache import CACHE_FILENAME, cache_key
+from flexllm.cache import CACHE_FILENAME, cache_key, cache_keys
 
 from .conftest import user
 
@@ -13,6 +13,17 @@ def test_cache_key_value_is_pinned():
     # the SHA-256 of canonical JSON written by json.dumps(sort_keys, compact, ensure_ascii=False)
     key = cache_key("openai", "m", [{"role": "user", "content": "héllo"}], {"temperature": 0.5, "top_p": None})
     assert key == "ef6233ad43e9a056442d70a2573ba3517ada760627d3cfdfcd117c5b733ef948"
+
+
+def test_bulk_keys_equal_single_keys_for_shared_and_own_params_and_media():
+    img = "data:image/png;base64," + "A" * 400
+    shared = {"temperature": 0.2, "seed": None}
+    requests = [("m", user(f"q{i}"), shared) for i in range(3)] + [
+        ("m2", [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": img}}]}], {"top_p": 1}),
+        ("m", user("q0"), {"temperature": 0.3})]
+    keys = cache_keys("openai", requests)
+    assert keys == [cache_key("openai", model, m, p) for model, m, p in requests]
+    assert len(set(keys)) == len(keys)
 
 
 def test_bulk_cache_read_takes_padded_bytes_and_garbage_values_like_json_loads(server, tmp_path):
