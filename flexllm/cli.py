@@ -34,6 +34,20 @@ def _env(*names: str) -> Optional[str]:
 
 # -- arguments -----------------------------------------------------------------------------------------
 
+def _positive(kind: Any, zero: bool = False) -> Any:
+    """An argparse type: a finite number above zero (or at least zero), else exit 2 naming the flag."""
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not (value >= 0 if zero else value > 0) or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be {'0 or more' if zero else 'above 0'}, got {text!r}")
+        return value
+    convert.__name__ = kind.__name__
+    return convert
+
+
 def _connection_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection (flags win over environment variables)")
     g.add_argument("--model", help="model name (env FLEXLLM_MODEL)")
@@ -43,7 +57,8 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
                                      "OPENAI_API_KEY for api.openai.com; then FLEXLLM_API_KEY; never printed)")
     g.add_argument("--provider", choices=("auto",) + provider_names(), default="auto", help="default: auto")
     g.add_argument("--retries", type=int, default=3, help="retries after the first attempt (default 3)")
-    g.add_argument("--timeout", type=float, default=120.0, help="request timeout in seconds (default 120)")
+    g.add_argument("--timeout", type=_positive(float), default=120.0,
+                   help="deadline per attempt in seconds; for streams per gap between lines (default 120)")
     g.add_argument("--temperature", type=float, help="sampling temperature")
     g.add_argument("--max-tokens", type=int, help="maximum tokens in each reply")
     g.add_argument("--system", help="system message for prompt lines / the question")
@@ -77,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--tpm", type=float, help="maximum tokens per minute (shared budget)")
     b.add_argument("--cache", action="store_true", help="cache replies (default dir ~/.cache/flexllm/llm_response)")
     b.add_argument("--cache-dir", help="cache directory (implies --cache)")
-    b.add_argument("--cache-ttl", type=int, help="cache entry lifetime in seconds, 0 = forever (implies --cache)")
-    b.add_argument("--limit", type=int, help="only the first N input lines")
+    b.add_argument("--cache-ttl", type=_positive(int, zero=True), help="cache entry lifetime in seconds, 0 = forever (implies --cache)")
+    b.add_argument("--limit", type=_positive(int), help="only the first N input lines")
     b.add_argument("--no-progress", action="store_true", help="no progress bar / progress log lines")
     b.add_argument("--quiet", action="store_true", help="only warnings and the summary")
     pb = b.add_argument_group("provider batch mode (half price, results within 24 h; see README)")
@@ -117,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default=None, help="model for tokenizer and prices (env FLEXLLM_MODEL; default gpt-4o)")
     t.add_argument("--system", help="system message for prompt lines")
     t.add_argument("--avg-output-tokens", type=int, default=0, help="expected reply length per item")
-    t.add_argument("--limit", type=int, help="only the first N input lines")
+    t.add_argument("--limit", type=_positive(int), help="only the first N input lines")
 
     pr = sub.add_parser("pricing", help="show the price table, or one model's price")
     pr.add_argument("model", nargs="?", help="a model name (prefix lookup, e.g. gpt-4o-mini-2024-07-18)")

@@ -21,6 +21,10 @@ class ResponseCacheConfig:
     cache_dir: str = "~/.cache/flexllm/llm_response"
     use_ipc: bool = True
 
+    def __post_init__(self) -> None:
+        if isinstance(self.ttl, bool) or not isinstance(self.ttl, (int, float)) or not 0 <= self.ttl < float("inf"):
+            raise ValueError(f"ttl must be a number of seconds >= 0 (0 = never expires), got {self.ttl!r}")
+
     @classmethod
     def with_ttl(cls, seconds: int, **kwargs) -> "ResponseCacheConfig":
         """An enabled cache whose entries live `seconds` seconds."""

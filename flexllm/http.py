@@ -81,6 +81,8 @@ class _Deadline(dict):
     __slots__ = ("total", "until")
 
     def __init__(self, total: float) -> None:
+        if not 0 < total < float("inf"):  # also refuses NaN
+            raise ValueError(f"timeout must be a number of seconds above 0, got {total!r}")
         super().__init__(connect=min(DEFAULT_CONNECT_TIMEOUT, total), read=total, write=total, pool=total)
         self.total = total
         self.until: Optional[float] = None
@@ -137,6 +139,7 @@ class Transport:
         self._options = options or TransportOptions()
         self._timeout = httpx.Timeout(timeout, connect=min(DEFAULT_CONNECT_TIMEOUT, timeout))
         self._total = float(timeout)  # each chat request's deadline (`_Deadline`); a call's own timeout wins
+        _Deadline(self._total)  # validate now: a bad timeout is the caller's error, never a retried failure
         # a shard never blocks on its own limit: the client's semaphore bounds the total in flight (a request
         # abandoned by a cancelled await gave its slot back while still on the wire: it must not block either)
         self._limits = httpx.Limits(max_connections=None, max_keepalive_connections=max_connections)
@@ -191,12 +194,17 @@ class Transport:
             if lean is None:
                 return self._request(spec)
             origin, target = lean
-            return origin.prepare(spec.method, target, spec.headers, dumps(spec.json),
-                                  spec.timeout or self._timeout.read)
+            return origin.prepare(spec.method, target, spec.headers, dumps(spec.json), self._total_of(spec))
+
+    def _total_of(self, spec: RequestSpec) -> float:
+        """The request's deadline in seconds: its own timeout, else the client's (ValueError if not above 0)."""
+        if spec.timeout is None:
+            return self._total
+        return _Deadline(float(spec.timeout)).total  # validates
 
     def _request(self, spec: RequestSpec) -> httpx.Request:
         client = self._get_client()
-        deadline = _Deadline(float(spec.timeout) if spec.timeout else self._total)
+        deadline = _Deadline(self._total_of(spec))
         return client.build_request(spec.method, spec.url, headers=spec.headers, content=dumps(spec.json),
                                     extensions={"timeout": deadline, **self._extensions})
 

@@ -36,3 +36,33 @@ def test_stream_whose_lines_trickle_hits_the_gap_deadline(server):
     c = OpenAIClient(base_url=server.url, model="m", retry_times=0, timeout=1.0)
     with pytest.raises(APITimeoutError):
         list(c.chat_completions_stream_sync(user("[[mock:trickle=0.3]] slow")))
+
+
+@pytest.mark.parametrize("bad", [0, -5, float("nan"), float("inf")])
+def test_timeout_must_be_positive_and_finite(server, bad):
+    with pytest.raises(ValueError, match="timeout"):
+        OpenAIClient(base_url=server.url, model="m", timeout=bad)
+    c = OpenAIClient(base_url=server.url, model="m", retry_times=3)
+    with pytest.raises(ValueError, match="timeout"):
+        c.chat_completions_sync(user("x"), timeout=bad)
+    assert server.requests == []  # never sent, never retried
+
+
+def test_negative_cache_ttl_is_refused():
+    from flexllm import ResponseCacheConfig
+
+    with pytest.raises(ValueError, match="ttl"):
+        ResponseCacheConfig(enabled=True, ttl=-5)
+
+
+@pytest.mark.parametrize("flags", [["--timeout", "0"], ["--timeout", "-5"], ["--limit", "-1"], ["--cache-ttl", "-5"]])
+def test_cli_refuses_nonsense_numbers_with_exit_2(server, tmp_path, flags):
+    from .test_cli import run
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"prompt": "hi"}\n')
+    r = run("batch", str(inp), "-o", str(tmp_path / "out.jsonl"), "--model", "m", "--base-url", server.url,
+            "--no-progress", *flags)
+    assert r.returncode == 2, r.stderr
+    assert flags[0].lstrip("-").split("-")[-1] in r.stderr or flags[0] in r.stderr
+    assert server.requests == [] and not (tmp_path / "out.jsonl").exists()
