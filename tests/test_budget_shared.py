@@ -120,17 +120,19 @@ def server(mock):
 
 def test_four_processes_share_one_sqlite_budget(server, tmp_path):
     store = f"sqlite:///{tmp_path}/limits.db"
-    run_children([(server.url, store, "k", 25, f"p{p}-", 20) for p in range(4)])
+    run_children([(server.url, store, "k", 15, f"p{p}-", 10) for p in range(4)])
     starts = [r.time for r in server.requests]
-    assert len(starts) == 100
-    assert max_in_window(starts) <= 21  # 20/s for the four together (+1 for arrival jitter)
+    assert len(starts) == 60
+    # 10/s for the four together (+1 for arrival jitter); at 10/s a start must arrive >100 ms late to be
+    # counted in the next second, which a loaded 2-core test box still does now and then at 20/s
+    assert max_in_window(starts) <= 11
 
 
 def test_two_processes_share_one_redis_budget(server, redis):
-    run_children([(server.url, redis.url, "k", 30, f"p{p}-", 20) for p in range(2)])
+    run_children([(server.url, redis.url, "k", 25, f"p{p}-", 10) for p in range(2)])
     starts = [r.time for r in server.requests]
-    assert len(starts) == 60
-    assert max_in_window(starts) <= 21
+    assert len(starts) == 50
+    assert max_in_window(starts) <= 11
 
 
 def test_a_429_retry_after_pauses_every_process_sharing_the_budget(server, tmp_path):
