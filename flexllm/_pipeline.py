@@ -64,6 +64,11 @@ def result_from_cache(entry: dict) -> ChatCompletionResult:
                                 tool_calls=entry.get("tool_calls"), finish_reason=entry.get("finish_reason"))
 
 
+#: SSE field names: a line starting with one of these is a real event stream (blank lines are separators)
+_SSE_FIELDS = ("data:", "event:", "id:", "retry:", ":")
+_MAX_PLAIN_LINES = 10_000  # a plain JSON reply is kept whole only up to this many lines
+
+
 def is_answer(result: ChatCompletionResult) -> bool:
     """Whether a reply is worth caching: it has text or tool calls (an empty reply is asked again next time)."""
     return bool(result.content or result.tool_calls)
@@ -497,7 +502,14 @@ class Pipeline:
         saw_done = False
         finish = None
         parse = self.adapter.stream_parser(model)
+        plain: Optional[List[str]] = []  # lines before any SSE field: a reply that is not a stream at all
         for line in lines:
+            if plain is not None:
+                if line.startswith(_SSE_FIELDS) or len(plain) > _MAX_PLAIN_LINES:
+                    plain = None
+                elif line.strip():
+                    plain.append(line)
+                    continue
             event = parse(line)
             if event is None:
                 continue
@@ -508,9 +520,33 @@ class Pipeline:
             if event.content or event.reasoning or event.usage or event.finish_reason or event.tool_calls or \
                     event.refusal:
                 yield event
+        if plain:
+            yield self._plain_reply("\n".join(plain), model)
+            return
         if not self.adapter.stream_complete(saw_done, finish):
             raise StreamTruncatedError("stream ended before its end marker (connection closed early)",
                                        provider=self.adapter.name, model=model)
+
+    def _plain_reply(self, text: str, model: str) -> StreamEvent:
+        """A stream request answered with plain JSON (a server that ignores `stream`, a proxy's error with
+        status 200): the reply as one event, or the error it reports — never a "truncated stream"."""
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise ResponseParseError(f"stream reply is neither SSE nor JSON: {self.adapter.redact(text)[:200]!r}",
+                                     provider=self.adapter.name, model=model) from None
+        if not isinstance(data, dict):
+            raise ResponseParseError("stream reply is neither SSE nor a JSON object", provider=self.adapter.name,
+                                     model=model)
+        err = data.get("error")
+        if err:
+            code = err.get("code") if isinstance(err, dict) else None
+            status = code if isinstance(code, int) and 400 <= code <= 599 else 500
+            raise self.adapter.map_error(status, data, {}, model=model)
+        r = self.adapter.parse_response(data, model=model)
+        return StreamEvent(content=r.content, reasoning=r.reasoning_content or "", usage=r.usage,
+                           finish_reason=r.finish_reason, done=False,
+                           tool_calls=[dict(c, index=i) for i, c in enumerate(r.tool_calls or ())] or None)
 
     def abort(self) -> None:
         """Fail every in-flight request at once (Ctrl-C in a batch); the pool reopens on next use."""

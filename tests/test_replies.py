@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from flexllm import ContentBlockedError, GeminiClient, OpenAIClient, ResponseCacheConfig
+from flexllm import ContentBlockedError, GeminiClient, OpenAIClient, ResponseCacheConfig, StreamTruncatedError
 from flexllm.errors import RefusalError
 
 from .conftest import read_records, user
@@ -170,3 +170,24 @@ def test_tool_call_reply_through_every_api(server, tmp_path, make):
     assert results[0] and json.loads(results[0])[0]["function"]["name"] == "get_weather"
     [rec] = read_records(out)
     assert rec["status"] == "success" and rec["output"]
+
+
+# -- streams answered without SSE: a server that ignores stream=true, a proxy's error with status 200 ----
+
+@pytest.mark.parametrize("make", [_openai, _gemini], ids=["openai", "gemini"])
+def test_stream_answered_with_plain_json_still_gives_the_reply(server, tmp_path, make):
+    c = make(server, tmp_path)
+    assert "".join(c.chat_completions_stream_sync(user("[[mock:plain=1]] hello"))) == "echo: hello"
+    assert len(server.requests) == 1  # understood at once, not retried as a truncated stream
+    before = len(server.requests)
+    cached = c.chat_completions_sync(user("[[mock:plain=1]] hello"), return_usage=True)
+    assert cached.content == "echo: hello" and len(server.requests) == before
+
+
+@pytest.mark.parametrize("make", [_openai, _gemini], ids=["openai", "gemini"])
+def test_stream_answered_with_an_error_body_and_status_200_raises_its_error(server, make):
+    c = make(server, retry_times=0)
+    with pytest.raises(Exception) as exc:
+        list(c.chat_completions_stream_sync(user("[[mock:status=200;message=upstream exploded]] x")))
+    assert "upstream exploded" in str(exc.value)
+    assert not isinstance(exc.value, StreamTruncatedError)

@@ -268,7 +268,7 @@ class _Handler(BaseHTTPRequestHandler):
         if limit is not None and "finish" not in d and len(turn.answer.split()) > limit:
             turn.answer = " ".join(turn.answer.split()[:limit])  # a reply cut at max_tokens, as a model's is
             d["finish"] = dialect.CUT_OFF
-        if dialect.is_stream(path, body):
+        if dialect.is_stream(path, body) and not d.get("plain"):  # plain=1: a server that ignores stream=true
             return self._send_sse(dialect.stream(turn))
         self._send_json(200, dialect.reply(turn))
 
