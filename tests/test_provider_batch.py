@@ -453,3 +453,14 @@ def test_structured_output_is_sent_in_wire_form_and_validated_on_collection(serv
     records = read_records(out)
     assert all(isinstance(r["parsed"], dict) and "city" in r["parsed"] for r in records)
     assert all(r["attempts"] == 1 for r in records)
+
+
+def test_mock_time_scale_is_a_constructor_setting_that_clear_keeps(tmp_path):
+    from flexllm.mock import MockServer
+
+    with MockServer(batch_time_scale=FAST) as fast:
+        fast.clear()
+        with LLMClient(model="m", base_url=fast.url, retry_times=0) as client:
+            summary = client.submit_batch(prompts(2), output_file=str(tmp_path / "o.jsonl"), wait=True,
+                                          poll_interval=0.02)
+        assert summary["complete"] and fast.batches[0]["status"] == "completed"

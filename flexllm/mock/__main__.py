@@ -21,13 +21,17 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     p.add_argument("--error-rate", type=float, default=0.0, help="fraction of requests answered 503")
     p.add_argument("--seed", type=int, default=0, help="random seed for jitter and errors")
     p.add_argument("--require-key", default=None, help="answer 401 unless this API key is sent")
+    p.add_argument("--batch-time-scale", type=float, default=3600.0,
+                   help="provider batches: mock seconds per real second (default 3600: a 1 h batch takes 1 s; "
+                        "86400: the 24 h window passes in 1 s)")
     return p
 
 
 def serve(args: argparse.Namespace) -> int:
     """Start the server from parsed options, print its URL, serve until SIGINT/SIGTERM."""
     server = MockServer(latency=args.latency, jitter=args.jitter, error_rate=args.error_rate, seed=args.seed,
-                        host=args.host, port=args.port, require_key=args.require_key).start()
+                        host=args.host, port=args.port, require_key=args.require_key,
+                        batch_time_scale=args.batch_time_scale).start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

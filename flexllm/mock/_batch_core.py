@@ -52,18 +52,18 @@ class _Batch:
 class BatchCore:
     """The mock's batches and files and their lifecycle. Thread-safe (one lock)."""
 
-    def __init__(self, mock: Any) -> None:
+    def __init__(self, mock: Any, time_scale: float = 3600.0) -> None:
         self.mock = mock
-        self.time_scale = 3600.0
+        self.default_scale = self.time_scale = float(time_scale)
         self._lock = threading.Lock()
         self.files: Dict[str, Dict[str, Any]] = {}
         self.batches: Dict[str, _Batch] = {}
         self.submissions: Counter = Counter()
 
     def clear(self) -> None:
-        """Forget every batch and file; back to the default time scale."""
+        """Forget every batch and file; back to the server's own time scale."""
         with self._lock:
-            self.time_scale = 3600.0
+            self.time_scale = self.default_scale
             self.files.clear()
             self.batches.clear()
             self.submissions.clear()

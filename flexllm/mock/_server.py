@@ -326,7 +326,7 @@ class MockServer:
 
     def __init__(self, latency: float = 0.0, jitter: float = 0.0, error_rate: float = 0.0, seed: int = 0,
                  host: str = "127.0.0.1", port: int = 0, require_key: Optional[str] = None,
-                 ssl_context: Optional[ssl.SSLContext] = None) -> None:
+                 ssl_context: Optional[ssl.SSLContext] = None, batch_time_scale: float = 3600.0) -> None:
         self.host = host
         self.ssl_context = ssl_context
         self._port = port
@@ -344,7 +344,8 @@ class MockServer:
         self._httpd: Optional[_HTTPServer] = None
         self._thread: Optional[threading.Thread] = None
         #: provider batches and files (OpenAI /v1/files + /v1/batches, Gemini batch mode)
-        self.batch_store = _batches.BatchStore(self)
+        #: `batch_time_scale`: mock seconds per real second for provider batches (86400: a day in a second)
+        self.batch_store = _batches.BatchStore(self, batch_time_scale)
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> "MockServer":
