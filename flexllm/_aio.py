@@ -89,7 +89,8 @@ async def aiter_in_thread(executor: Executor, make_iter: Callable[[], Iterator[T
     ctx = contextvars.copy_context()
     handoff: "queue.Queue[Any]" = queue.Queue(maxsize)
     stop = threading.Event()
-    scope = _cancel.Scope(stop)  # a consumer that leaves also wakes the producer's retry sleep: no new attempt
+    # a consumer that leaves wakes the producer's retry sleep (no new attempt) and cuts its stalled stream
+    scope = _cancel.Scope(stop, abandon=True)
     ctx.run(_cancel.bind, scope)
     wakeup = asyncio.Event()
 
@@ -148,5 +149,5 @@ async def aiter_in_thread(executor: Executor, make_iter: Callable[[], Iterator[T
     finally:
         # tell the producer to stop; it closes the sync iterator (releasing the HTTP response) in its own
         # thread as soon as it wakes, so a cancelled consumer never waits on the network here
-        stop.set()
+        scope.stop()
         future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: never raises

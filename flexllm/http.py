@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from . import _h1
+from . import _cancel, _h1
 from ._constants import DEFAULT_CONNECT_TIMEOUT
 from ._logging import get_logger, redact_secrets
 from ._netconfig import TransportOptions
@@ -306,9 +306,21 @@ class Transport:
             request = self._request(spec)
             self._arm(request)
             response = self._watch(self._get_client().send(request, stream=True), request)
+        scope = _cancel.current()
+        if scope is not None and scope.abandon and response.http_version == "HTTP/1.1":
+            stream = response.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                scope.watch(sock)  # an async consumer that leaves cuts a stalled stream at once
+            else:
+                scope = None
+        else:
+            scope = None
         try:
             yield response.status_code, response.headers, self._lines(response, request, model)
         finally:
+            if scope is not None:
+                scope.unwatch()
             response.close()
 
     def _lines(self, response: httpx.Response, request: httpx.Request, model: str) -> Iterator[str]:

@@ -172,6 +172,31 @@ def test_abandoned_async_stream_never_starts_a_retry(server):
     client.close()
 
 
+def test_abandoned_async_stream_on_a_stalled_server_frees_thread_and_slot(server):
+    client = OpenAIClient(base_url=server.url, model="m", concurrency_limit=1, retry_times=3)
+
+    async def main():
+        stream = client.chat_completions_stream(user("[[mock:trickle=5]] stalled"))  # 1 byte per 5 s
+        task = asyncio.create_task(stream.__anext__())
+        for _ in range(int(BOUND * 100)):
+            if server.requests:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await stream.aclose()
+
+    asyncio.run(main())
+    pool = client._pool()
+    done = threading.Event()
+    threading.Thread(target=lambda: (pool.shutdown(wait=True), done.set()), daemon=True).start()
+    assert done.wait(BOUND), "the abandoned stream kept reading a stalled server"
+    assert client.chat_completions_sync(user("next")) == "echo: next"  # its only slot is free again
+    assert len(server.requests) == 2  # and the cut stream was not retried
+    client.close()
+
+
 def test_cancelled_pool_batch_wakes_sleeping_retries(server, tmp_path):
     from flexllm import LLMClientPool
 
