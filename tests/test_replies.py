@@ -170,6 +170,7 @@ def test_tool_call_reply_through_every_api(server, tmp_path, make):
     assert results[0] and json.loads(results[0])[0]["function"]["name"] == "get_weather"
     [rec] = read_records(out)
     assert rec["status"] == "success" and rec["output"]
+    assert rec["finish_reason"] == "tool_calls" and rec["tool_calls"][0]["function"]["name"] == "get_weather"
 
 
 # -- streams answered without SSE: a server that ignores stream=true, a proxy's error with status 200 ----
