@@ -36,13 +36,36 @@ def strip_inline_media(obj: Any) -> Any:
     return obj
 
 
-# one encoder for every call: json.dumps with these options would build a new JSONEncoder each time
-_CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str).encode
+# one encoder for every call: json.dumps with these options builds a new JSONEncoder, and JSONEncoder.encode
+# a new C encoder, on each call (most of the cost of hashing a short conversation)
+_OPTIONS = dict(sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+_ENCODE = json.JSONEncoder(**_OPTIONS).encode  # type: ignore[arg-type]
+
+
+def _c_encoder() -> Any:
+    """The C encoder with the canonical options, made once; None where it is unavailable or differs."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:  # markers=None: no shared circular-reference state, so one encoder serves every thread
+        encoder = make(None, str, json.encoder.encode_basestring, None, ":", ",", True, False, True)
+        sample = {"b": [1, 2.5, None, True, "é\u2028", float("inf")], "a": {"z": "x"}}
+        return encoder if "".join(encoder(sample, 0)) == _ENCODE(sample) else None
+    except Exception:  # another interpreter's signature: the plain encoder below is always right
+        return None
+
+
+_C_ENCODE = _c_encoder()
 
 
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace: equal values give equal strings."""
-    return _CANONICAL(obj)
+    if _C_ENCODE is not None and not isinstance(obj, str):
+        try:
+            return "".join(_C_ENCODE(obj, 0))
+        except RecursionError:
+            pass  # a circular structure: let the plain encoder name it
+    return _ENCODE(obj)
 
 
 def messages_hash(messages: List[dict]) -> str:

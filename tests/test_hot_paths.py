@@ -45,3 +45,23 @@ def test_bulk_cache_read_takes_padded_bytes_and_garbage_values_like_json_loads(s
     assert out[:2] == ["padded", "bytes"] and out[3] == "echo: q3"
     assert out[2] == "echo: q2"  # an unreadable entry is a miss: asked again, never a crash
     c.close()
+
+
+def test_canonical_json_is_json_dumps_with_sorted_keys_for_every_kind_of_value():
+    import datetime
+
+    from flexllm._hashing import canonical_json
+
+    values = [{"b": [1, 2.5, None, True, "é\u2028x", float("inf"), -0.0, 1e300, 2 ** 70], "a": {"z": (1, 2)},
+               "d": datetime.date(2020, 1, 1), "e": {"x\"y": "\ud800 lone surrogate"}}, [], "x", 3, None]
+    for value in values:
+        assert canonical_json(value) == json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+                                                   default=str)
+    loop: list = []
+    loop.append(loop)
+    try:
+        canonical_json(loop)
+    except ValueError as exc:
+        assert "Circular" in str(exc)
+    else:
+        raise AssertionError("a circular structure must be refused")
