@@ -24,7 +24,7 @@ try:  # POSIX advisory locks; Windows runs without the overlapping-run guard
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
-from ._index_table import IndexTable
+from ._index_table import IndexSet, IndexTable
 from ._logging import get_logger
 from ._record import DONE_STATUSES, decode, encode, torn_tail_is_ours
 from .errors import LLMError
@@ -68,8 +68,10 @@ class Checkpoint:
         self._discarded = False
         self._flusher: Optional[threading.Thread] = None
         self._closing = threading.Event()
-        #: finished indexes (and where their records are): `index in checkpoint.done`, `len(checkpoint.done)`
-        self.done = IndexTable()
+        #: finished indexes, a bitmap (earlier runs' and this run's): `index in checkpoint.done`, `len(...)`
+        self.done = IndexSet()
+        self._offsets = IndexTable()  # where the records found at open are (a resumed item is read back)
+        self._written = IndexSet()  # indexes written by this run (a second record for one needs compaction)
         self.needs_compaction = False
         self.records_read = 0
 
@@ -156,14 +158,16 @@ class Checkpoint:
                     break
                 self.records_read += 1
                 index, done = record["index"], record["status"] in DONE_STATUSES
-                if index > len(self.done) + self.records_read + (1 << 24):  # never ours: no run skips so many
+                if index > self.records_read + (1 << 24):  # never ours: no run skips so many indexes
                     raise _foreign(self.path, f"line {lineno} (index {index})")
                 if done and self.redo is not None and self.redo(record):
-                    done = self.done.forget(index)
+                    done = self._offsets.forget(index)
                     self.redone += 1
-                if self.done.note(index, offset, done):
+                if self._offsets.note(index, offset, done):
                     self.needs_compaction = True
                 offset += len(raw)
+        for index in self._offsets:
+            self.done.add(index)
         if self._start[1]:
             os.truncate(self.real, offset)
         self._start = (offset, self._start[1])
@@ -218,12 +222,29 @@ class Checkpoint:
             self.resume(index, messages_list[index], params_of(index) if params_of is not None else None)
 
     def finished_records(self) -> Iterator[Dict[str, Any]]:
-        """Every finished record, read back from the file one at a time (by index)."""
-        for index in self.done:
-            yield self._read(index)
+        """Every finished record (the one compaction keeps), read back from the file one at a time, by index."""
+        table = self._scan()
+        with open(self.real, "rb") as f:
+            for index in table:
+                f.seek(table.get(index)[0])
+                record = decode(f.readline())
+                if record is not None:
+                    yield record
+
+    def _scan(self) -> IndexTable:
+        """Where the kept record of every index is (a full table: built only for compaction and summaries)."""
+        table = IndexTable()
+        offset = 0
+        with open(self.real, "rb") as f:
+            for raw in f:
+                record = decode(raw)
+                if record is not None:
+                    table.note(record["index"], offset, record["status"] in DONE_STATUSES)
+                offset += len(raw)
+        return table
 
     def _read(self, index: int) -> Dict[str, Any]:
-        offset, _ = self.done.get(index)
+        offset, _ = self._offsets.get(index)
         self._reader.seek(offset)
         record = decode(self._reader.readline())
         if record is None or record["index"] != index:  # pragma: no cover - the file changed under our lock
@@ -254,8 +275,12 @@ class Checkpoint:
                               "Every record before this one is on disk; free space and rerun to resume") from exc
             self._size = offset + len(data)
             self._dirty = True
-            if index >= 0 and not self.stream and self.done.note(index, offset, done):
-                self.needs_compaction = True
+            if index >= 0 and not self.stream:
+                if index in self._written or self._offsets.has(index):
+                    self.needs_compaction = True  # it supersedes a record: compaction keeps the newer one
+                self._written.add(index)
+                if done:
+                    self.done.add(index)
         if self.flush_interval <= 0 and not self.stream:
             self._fsync()
 
@@ -334,7 +359,7 @@ class Checkpoint:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as out, open(self.real, "rb") as src:
-                for _, offset in self.done.kept():
+                for _, offset in self._scan().kept():
                     src.seek(offset)
                     out.write(src.readline())
                 out.flush()

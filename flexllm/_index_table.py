@@ -58,3 +58,40 @@ class IndexTable:
         for index, slot in enumerate(self._slots):
             if slot != -1:
                 yield index, slot if slot >= 0 else -slot - 2
+
+    def has(self, index: int) -> bool:
+        """True when `index` has any record (finished or not)."""
+        return 0 <= index < len(self._slots) and self._slots[index] != -1
+
+
+class IndexSet:
+    """A set of item indexes as a bitmap: one bit per index up to the largest. Not thread-safe on its own."""
+
+    def __init__(self) -> None:
+        self._bits = bytearray()
+        self._count = 0
+
+    def add(self, index: int) -> None:
+        byte, mask = index >> 3, 1 << (index & 7)
+        if byte >= len(self._bits):
+            self._bits.extend(bytes(byte + 1 - len(self._bits)))
+        if not self._bits[byte] & mask:
+            self._bits[byte] |= mask
+            self._count += 1
+
+    def __contains__(self, index: object) -> bool:
+        if not isinstance(index, int) or index < 0:
+            return False
+        byte = index >> 3
+        return byte < len(self._bits) and bool(self._bits[byte] & (1 << (index & 7)))
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[int]:
+        """The indexes, ascending."""
+        for byte, bits in enumerate(self._bits):
+            if bits:
+                for bit in range(8):
+                    if bits >> bit & 1:
+                        yield byte * 8 + bit

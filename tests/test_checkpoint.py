@@ -156,7 +156,7 @@ def test_resume_holds_no_records_in_memory(server, tmp_path):
     assert held[0] < 50, f"{held[0]} records held in memory halfway through a resume of {n}"
 
 
-def test_resume_state_is_one_8_byte_slot_per_index(tmp_path):
+def test_resume_state_is_one_8_byte_offset_and_one_bit_per_index(tmp_path):
     from flexllm._checkpoint import Checkpoint
 
     out = tmp_path / "out.jsonl"
@@ -168,9 +168,24 @@ def test_resume_state_is_one_8_byte_slot_per_index(tmp_path):
     try:
         assert records_held() == 0
         assert len(checkpoint.done) == 666 and 0 not in checkpoint.done and 1 in checkpoint.done
-        assert (len(checkpoint.done._slots), checkpoint.done._slots.itemsize) == (1000, 8)
+        assert (len(checkpoint._offsets._slots), checkpoint._offsets._slots.itemsize) == (1000, 8)
+        assert len(checkpoint.done._bits) == 125  # one bit per index
     finally:
         checkpoint.close()
+
+
+def test_a_fresh_run_holds_one_bit_per_item(tmp_path):
+    from flexllm._checkpoint import Checkpoint
+    from flexllm.types import BatchResultItem
+
+    checkpoint = Checkpoint(str(tmp_path / "out.jsonl")).open()
+    try:
+        for i in range(4000):
+            checkpoint.write(BatchResultItem(i, "x", None, "success", None, 0.0), user(f"r{i}"))
+        assert len(checkpoint.done) == 4000 and len(checkpoint.done._bits) == 500
+        assert len(checkpoint._offsets._slots) == 0 and not checkpoint.needs_compaction
+    finally:
+        checkpoint.close(compact=True)
 
 
 # -- 5. corrected metadata --------------------------------------------------------------------------------
