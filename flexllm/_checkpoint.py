@@ -193,7 +193,7 @@ class Checkpoint:
         Raises ValueError when that record was written for other messages or item params (`params_list`
         entry); the file is first put back the way it was before this run (see `rollback`).
         """
-        if index not in self.done:
+        if index not in self._offsets:  # finished by an earlier run (this run's records are not resumed)
             return None
         record = self._read(index)
         if record.get("input") != messages:
@@ -215,7 +215,7 @@ class Checkpoint:
 
         `params_of(index)`: the item's own params as its record stores them (None without params_list).
         """
-        for index in self.done:
+        for index in self._offsets:
             if index >= total:
                 raise ValueError(f"{self.path} has a finished record for index {index} but there are only "
                                  f"{total} inputs: it was written for other inputs; use another output file")
