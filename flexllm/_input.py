@@ -115,7 +115,9 @@ class BatchInput:
 
     def _messages(self) -> Iterator[List[dict]]:
         for _, messages, row in iter_rows(self.path, self.system, self.limit, warn=self.total is None):
-            self._params.append(row.pop("params", None))
+            own = row.pop("params", None)
+            if self.has_params:
+                self._params.append(own)
             self._meta.append(row)
             yield messages
 

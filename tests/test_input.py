@@ -26,3 +26,14 @@ def test_a_long_input_file_is_held_a_few_lines_at_a_time(server, tmp_path):
     assert [r["params"] for r in records if "params" in r] == [{"temperature": 0.5}]
     seventh = [r.body for r in server.requests if r.body["messages"][-1]["content"] == "p7"]
     assert seventh[0]["temperature"] == 0.5
+
+
+def test_without_params_nothing_piles_up(server, tmp_path):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(f'{{"prompt": "q{i}", "id": {i}}}\n' for i in range(500)))
+    source = BatchInput(str(inp), None, None)
+    assert not source.has_params and source.params() is None
+    client = OpenAIClient(base_url=server.url, model="mock-model", concurrency_limit=4)
+    held = [len(source._meta) + len(source._params) for _ in client.iter_chat_completions_batch(
+        source.messages(), metadata_list=source.metadata(), output_file=str(tmp_path / "out.jsonl"))]
+    assert len(held) == 500 and max(held) <= 2 * 4 + 256 and len(source._params) == 0
