@@ -33,8 +33,12 @@ logger = get_logger(__name__)
 
 
 def dumps(body: Any) -> bytes:
-    """Compact UTF-8 JSON for a request body."""
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """Compact UTF-8 JSON for a request body; ValueError (never sent, never retried) when it is not JSON."""
+    try:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:  # a set, a date, NaN/inf: the caller's parameter, not the network
+        raise ValueError(f"the request body cannot be sent as JSON ({exc}); pass plain JSON values "
+                         "(str, int, float, bool, None, list, dict) in messages and parameters") from None
 
 
 def _without_frames(exc: BaseException) -> BaseException:

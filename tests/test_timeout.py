@@ -66,3 +66,16 @@ def test_cli_refuses_nonsense_numbers_with_exit_2(server, tmp_path, flags):
     assert r.returncode == 2, r.stderr
     assert flags[0].lstrip("-").split("-")[-1] in r.stderr or flags[0] in r.stderr
     assert server.requests == [] and not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize("kwargs", [{"stop": {"a", "b"}}, {"temperature": float("nan")},
+                                    {"extra_body": {"when": object()}}])
+def test_a_body_that_is_not_json_is_a_clear_error_never_sent(server, tmp_path, kwargs, cached):
+    from flexllm import ResponseCacheConfig
+
+    cache = ResponseCacheConfig(enabled=True, cache_dir=str(tmp_path)) if cached else None
+    c = OpenAIClient(base_url=server.url, model="m", retry_times=3, cache=cache)
+    with pytest.raises(ValueError, match="JSON"):
+        c.chat_completions_sync(user("x"), **kwargs)
+    assert server.requests == []
