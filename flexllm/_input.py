@@ -29,10 +29,10 @@ def iter_rows(path: str, system: Optional[str], limit: Optional[int],
               warn: bool = True) -> Iterator[Tuple[int, List[dict], dict]]:
     """`(line number, messages, metadata)` of each input line, one line in memory at a time."""
     if path == "-":
-        handle = open(sys.stdin.fileno(), encoding="utf-8", errors="surrogateescape", closefd=False)
+        handle = open(sys.stdin.fileno(), encoding="utf-8-sig", errors="surrogateescape", closefd=False)
     else:
         try:
-            handle = open(path, encoding="utf-8", errors="surrogateescape")
+            handle = open(path, encoding="utf-8-sig", errors="surrogateescape")
         except OSError as exc:
             raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     count = 0

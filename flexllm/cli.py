@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="csv: also write OUTPUT as CSV for spreadsheets (-o x.csv keeps the checkpoint in x.jsonl)")
 
     a = sub.add_parser("ask", help="stream the answer to one question to stdout")
-    a.add_argument("question", nargs="?", help="the question (read from stdin when omitted)")
+    a.add_argument("question", nargs="?", help="the question (read from stdin when omitted or -)")
     _connection_args(a)
 
     m = sub.add_parser("mock", help="serve the built-in OpenAI/Gemini/Anthropic-compatible mock server")
@@ -249,6 +249,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
         if args.cache_ttl is not None:
             options["ttl"] = args.cache_ttl
         cache = ResponseCacheConfig(**options)
+    if getattr(args, "dry_run", False) and not args.provider_batch:  # sends nothing: no base URL or key needed
+        model = args.model or _env("FLEXLLM_MODEL")
+        if not model:
+            raise UsageError("no model: pass --model or set FLEXLLM_MODEL")
+        print(_dry_run(messages_list, model, args.max_tokens), file=sys.stderr)
+        return EXIT_OK
     limit = _rate_limit(args)
     client = _client(args, concurrency_limit=args.concurrency, cache=cache, rate_limit=limit,
                      max_qps=None if limit is not None and limit.max_qps else args.qps)
@@ -260,10 +266,6 @@ def cmd_batch(args: argparse.Namespace) -> int:
             client.close()
             raise UsageError(f"--provider-batch does not take {', '.join(unsupported)} (live batches do)")
         return _provider_batch(args, client, messages_list, metadata)
-    if getattr(args, "dry_run", False):
-        client.close()
-        print(_dry_run(messages_list, client.model or "", args.max_tokens), file=sys.stderr)
-        return EXIT_OK
     job = client._batch_job(None, params, checkpoint, metadata, not args.no_progress, 1.0, False,
                             params_list=params_list, redo=args.redo, max_cost_usd=args.max_cost)
     summary, code = _guarded(client, lambda: _drain_job(job, messages_list),
@@ -321,6 +323,11 @@ def _guarded(client: Any, run: Any, interrupted: str) -> Tuple[Optional[Dict[str
         return None, EXIT_FAILED
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    except (IsADirectoryError, NotADirectoryError, FileNotFoundError, PermissionError) as exc:
+        raise UsageError(f"cannot write the output file: {exc}") from None
+    except OSError as exc:  # e.g. a full disk mid-run: what was written is whole, a rerun resumes
+        print(f"flexllm: {exc}; {interrupted}", file=sys.stderr)
+        return None, EXIT_FAILED
     except KeyboardInterrupt:
         print(f"flexllm: interrupted; {interrupted}", file=sys.stderr)
         return None, EXIT_INTERRUPTED
@@ -379,7 +386,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     from .errors import LLMError
 
     _setup_logging(quiet=True)
-    question = args.question if args.question is not None else sys.stdin.read()
+    question = args.question if args.question not in (None, "-") else sys.stdin.read()
     if not question.strip():
         raise UsageError("no question: pass it as an argument or on stdin")
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + \

@@ -1,0 +1,52 @@
+"""README promises of the `flexllm` command, attacked from outside (real subprocesses, the mock server)."""
+import json
+
+from .conftest import read_records
+from .test_cli import batch_args, run, write_input
+
+
+def test_dry_run_needs_no_base_url_or_key(tmp_path):
+    # README: `flexllm batch prompts.jsonl -o out.jsonl --model gpt-4o-mini --max-tokens 256 --max-cost 20 --dry-run`
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(inp, 3)
+    res = run("batch", str(inp), "-o", str(out), "--model", "gpt-4o-mini", "--max-tokens", "256",
+              "--max-cost", "20", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "dry run: 3 items" in res.stderr and "estimated cost $" in res.stderr
+    assert not out.exists()
+
+
+def test_output_path_that_is_a_directory_is_a_usage_error(server, tmp_path):
+    inp = tmp_path / "in.jsonl"
+    write_input(inp, 2)
+    res = run(*batch_args(server, inp, tmp_path))
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr and "is a directory" in res.stderr
+    assert len(server.requests) == 0
+
+
+def test_input_with_a_byte_order_mark_and_crlf_is_read(server, tmp_path):
+    # files saved by Windows editors start with a UTF-8 BOM and end lines with CRLF
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_bytes(b'\xef\xbb\xbf{"prompt": "a", "id": 1}\r\n{"prompt": "b"}\r\n')
+    res = run(*batch_args(server, inp, out))
+    assert res.returncode == 0, res.stderr
+    recs = sorted(read_records(out), key=lambda r: r["index"])
+    assert [r["output"] for r in recs] == ["echo: a", "echo: b"] and recs[0]["metadata"] == {"id": 1}
+    tok = run("tokens", str(inp), "--model", "gpt-4o")
+    assert tok.returncode == 0 and "items: 2" in tok.stdout
+
+
+def test_negative_limit_is_a_usage_error(server, tmp_path):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(inp, 2)
+    res = run(*batch_args(server, inp, out, "--limit", "-1"))
+    assert res.returncode == 2 and "--limit" in res.stderr
+    assert len(server.requests) == 0
+
+
+def test_ask_dash_reads_the_question_from_stdin(server):
+    res = run("ask", "-", "--model", "m", "--base-url", server.url, input="from stdin\n")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "echo: from stdin"
+    assert json.dumps(server.requests[0].body["messages"][-1]["content"]).strip('"') == "from stdin\\n"
