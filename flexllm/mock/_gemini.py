@@ -122,6 +122,10 @@ def requested_schema(body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
 def stream(turn: Turn) -> Iterator[bytes]:
     """The SSE frames of a streamed reply (no end marker: the last chunk carries finishReason)."""
     model = (route(turn.path) or ("", False))[0]
+    if turn.directives.get("block"):  # a blocked prompt streams one chunk: the same promptFeedback, no candidates
+        yield from sse([_reply(turn.body, turn.seq, model, "", None, "STOP", turn.directives["block"])],
+                       sep=b"\r\n\r\n")
+        return
     yield from sse(stream_events(turn.body, turn.seq, model, turn.answer, _reasoning(turn),
                                  turn.directives.get("finish", "STOP"), turn.truncate, turn.calls), sep=b"\r\n\r\n")
 

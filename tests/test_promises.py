@@ -1,0 +1,29 @@
+"""README promises of the library, attacked from outside through the public API against the mock server."""
+import pytest
+
+from flexllm import LLMClient, LLMError
+
+
+def test_lone_surrogate_in_a_single_call_is_named_not_blamed_on_headers(server):
+    # half of a "\ud83d\ude00" escape pair read from a JSON file: bad input, named, never sent, never retried
+    client = LLMClient(model="m", base_url=server.url, api_key="sk-ok")
+    for call in (lambda: client.chat_completions_sync([{"role": "user", "content": "a\ud83d"}]),
+                 lambda: list(client.chat_completions_stream_sync([{"role": "user", "content": "a\ud83d"}]))):
+        with pytest.raises(ValueError, match="lone surrogate") as info:
+            call()
+        assert not isinstance(info.value, LLMError) and "header" not in str(info.value)
+    assert len(server.requests) == 0
+    client.close()
+
+
+def test_mock_gemini_block_directive_blocks_streams_too(server):
+    # README (mock): `block=` (Gemini) — a user testing a Django view's stream against our mock must see the block
+    from flexllm import ContentBlockedError, GeminiClient
+
+    client = GeminiClient(api_key="k", model="gemini-2.5-flash", base_url=server.url.replace("/v1", "/v1beta"))
+    for events in (False, True):
+        with pytest.raises(ContentBlockedError) as info:
+            list(client.chat_completions_stream_sync([{"role": "user", "content": "[[mock:block=SAFETY]] x"}],
+                                                     events=events))
+        assert info.value.reason == "SAFETY"
+    client.close()
