@@ -26,7 +26,7 @@ from .errors import (
 )
 from .parsing import extract_code_snippets, parse_to_code, parse_to_obj
 from .pool import LLMClientPool
-from .pricing import MODEL_PRICING, estimate_batch_cost, estimate_cost
+from .pricing import BATCH_DISCOUNT, MODEL_PRICING, estimate_batch_cost, estimate_cost, get_model_pricing
 from .ratelimit import RateLimit, RateLimitStoreError
 from .router import ProviderConfig, ProviderRouter, create_router_from_urls
 from .tokens import count_messages_tokens, count_tokens
@@ -39,6 +39,7 @@ __all__ = [
     "APIStatusError",
     "APITimeoutError",
     "AuthenticationError",
+    "BATCH_DISCOUNT",
     "BadRequestError",
     "BatchResultItem",
     "ChatCompletionResult",
@@ -71,6 +72,7 @@ __all__ = [
     "estimate_batch_cost",
     "estimate_cost",
     "extract_code_snippets",
+    "get_model_pricing",
     "messages_hash",
     "parse_to_code",
     "parse_to_obj",

@@ -27,3 +27,12 @@ def test_mock_gemini_block_directive_blocks_streams_too(server):
                                                      events=events))
         assert info.value.reason == "SAFETY"
     client.close()
+
+
+def test_every_flexllm_name_the_readme_calls_is_importable():
+    # README: "get_model_pricing(model, batch=True)", "BATCH_DISCOUNT (0.5)": a user writes `from flexllm import …`
+    import flexllm
+    from flexllm import BATCH_DISCOUNT, get_model_pricing
+
+    assert BATCH_DISCOUNT == 0.5 and "get_model_pricing" in flexllm.__all__
+    assert get_model_pricing("gpt-4o", batch=True)["input"] == get_model_pricing("gpt-4o")["input"] * 0.5
