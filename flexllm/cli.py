@@ -400,6 +400,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
     except LLMError as exc:
         print(f"\nflexllm: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except ValueError as exc:  # a parameter this provider does not take (e.g. --thinking minimal for Claude)
+        raise UsageError(str(exc)) from None
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     finally:

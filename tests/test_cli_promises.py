@@ -50,3 +50,12 @@ def test_ask_dash_reads_the_question_from_stdin(server):
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "echo: from stdin"
     assert json.dumps(server.requests[0].body["messages"][-1]["content"]).strip('"') == "from stdin\\n"
+
+
+def test_ask_with_a_parameter_the_provider_refuses_is_a_usage_error(server):
+    # `--thinking minimal` is offered by the CLI; Claude has no such level: exit 2 naming it, no traceback
+    res = run("ask", "hi", "--model", "claude-haiku-4-5", "--provider", "anthropic", "--base-url",
+              server.url.rsplit("/v1", 1)[0], "--thinking", "minimal", env={"ANTHROPIC_API_KEY": "sk-ant"})
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr and "thinking" in res.stderr
+    assert len(server.requests) == 0
