@@ -36,3 +36,29 @@ def test_every_flexllm_name_the_readme_calls_is_importable():
 
     assert BATCH_DISCOUNT == 0.5 and "get_model_pricing" in flexllm.__all__
     assert get_model_pricing("gpt-4o", batch=True)["input"] == get_model_pricing("gpt-4o")["input"] * 0.5
+
+
+@pytest.mark.parametrize("finish", ["LANGUAGE", "OTHER", "content_filter"])
+def test_gemini_empty_reply_ended_for_another_reason_is_never_an_empty_success(server, finish):
+    # README: "A reply is never an empty success standing for something else" — streamed or not
+    from flexllm import ContentBlockedError, GeminiClient
+
+    client = GeminiClient(api_key="k", model="gemini-2.5-flash", base_url=server.url.replace("/v1", "/v1beta"))
+    text = f"[[mock:finish={finish}]] x"
+    with pytest.raises(ContentBlockedError) as info:
+        client.chat_completions_sync([{"role": "user", "content": text}])
+    assert info.value.reason == finish
+    with pytest.raises(ContentBlockedError):
+        list(client.chat_completions_stream_sync([{"role": "user", "content": text}]))
+    client.close()
+
+
+def test_gemini_malformed_function_call_is_retried_not_an_empty_success(server):
+    from flexllm import GeminiClient, ResponseParseError
+
+    client = GeminiClient(api_key="k", model="gemini-2.5-flash", base_url=server.url.replace("/v1", "/v1beta"),
+                          retry_times=1, retry_delay=0.01)
+    with pytest.raises(ResponseParseError, match="MALFORMED_FUNCTION_CALL"):
+        client.chat_completions_sync([{"role": "user", "content": "[[mock:finish=MALFORMED_FUNCTION_CALL]] x"}])
+    assert len(server.requests) == 2
+    client.close()

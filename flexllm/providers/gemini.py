@@ -19,8 +19,9 @@ __all__ = ["GeminiAdapter", "detect_gemini", "gemini_thinking_config"]
 DEVELOPER_BASE = "https://generativelanguage.googleapis.com"
 GOOGLE_HOSTS = ("generativelanguage.googleapis.com", "aiplatform.googleapis.com")
 LEVELS = ("minimal", "low", "medium", "high")
-BLOCK_FINISH = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"})
 FINISH = {"STOP": "stop", "MAX_TOKENS": "length"}
+#: an empty reply ending so is the model failing at a tool call: a parse error, retried like one
+BAD_CALL_FINISH = frozenset({"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS"})
 #: OpenAI-style kwarg → generationConfig field
 PARAM_MAP = {"max_tokens": "maxOutputTokens", "max_completion_tokens": "maxOutputTokens", "n": "candidateCount",
              "temperature": "temperature", "top_p": "topP", "top_k": "topK", "seed": "seed",
@@ -390,9 +391,8 @@ class GeminiAdapter(ProviderAdapter):
         if found is None:
             raise ResponseParseError("reply has no candidates", provider=self.name, model=model)
         text, thought, calls, finish = found
-        if finish in BLOCK_FINISH and not text and not calls:
-            raise ContentBlockedError(f"reply blocked by Gemini: {finish}", reason=finish, provider=self.name,
-                                      model=model)
+        if not text and not calls:
+            self._empty(finish, model)
         reason = FINISH.get(finish, finish.lower()) if finish else None
         return ChatCompletionResult(content=text, usage=to_usage(data.get("usageMetadata")),
                                     reasoning_content=thought or None, tool_calls=calls or None,
@@ -426,13 +426,25 @@ class GeminiAdapter(ProviderAdapter):
 
     def stream_result(self, reply: StreamReply, *, model: str) -> ChatCompletionResult:
         result = reply.result()
-        finish = (result.finish_reason or "").upper()
-        if finish in BLOCK_FINISH and not result.content and not result.tool_calls:  # as parse_response does
-            raise ContentBlockedError(f"reply blocked by Gemini: {finish}", reason=finish, provider=self.name,
-                                      model=model)
+        if not result.content and not result.tool_calls:  # as parse_response does
+            self._empty((result.finish_reason or "").upper(), model)
         if result.tool_calls and result.finish_reason == "stop":
             result.finish_reason = "tool_calls"  # OpenAI's word, as parse_response says it
         return result
+
+    def _empty(self, finish: str, model: str) -> None:
+        """Raise for a reply with no text and no calls that Gemini ended for a reason other than an answer.
+
+        Never an empty success: blocked (SAFETY, …, and any reason not STOP/MAX_TOKENS such as LANGUAGE or
+        OTHER) is `ContentBlockedError(reason=...)`; a malformed tool call is a `ResponseParseError` (retried).
+        """
+        if not finish or finish in FINISH:
+            return
+        if finish in BAD_CALL_FINISH:
+            raise ResponseParseError(f"Gemini ended the reply with {finish} and no text", provider=self.name,
+                                     model=model)
+        raise ContentBlockedError(f"reply blocked by Gemini: {finish}", reason=finish, provider=self.name,
+                                  model=model)
 
     def stream_complete(self, saw_done: bool, finish_reason: Optional[str]) -> bool:
         return finish_reason is not None  # Gemini has no [DONE]: the last chunk carries finishReason
