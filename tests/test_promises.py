@@ -62,3 +62,52 @@ def test_gemini_malformed_function_call_is_retried_not_an_empty_success(server):
         client.chat_completions_sync([{"role": "user", "content": "[[mock:finish=MALFORMED_FUNCTION_CALL]] x"}])
     assert len(server.requests) == 2
     client.close()
+
+
+def _serve_json(reply):
+    """A one-route HTTP server on 127.0.0.1 answering every POST with `reply` as JSON: (server, base_url)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            out = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.server_address[1]}/v1"
+
+
+def test_reply_content_list_of_non_parts_is_a_parse_error_not_an_empty_success():
+    # a 2xx of the wrong type raises ResponseParseError; a list of bare strings used to come back as ""
+    from flexllm import ResponseParseError
+
+    srv, url = _serve_json({"choices": [{"message": {"role": "assistant", "content": ["a", "b"]},
+                                         "finish_reason": "stop"}]})
+    try:
+        client = LLMClient(model="m", base_url=url, retry_times=0)
+        with pytest.raises(ResponseParseError, match="content"):
+            client.chat_completions_sync([{"role": "user", "content": "x"}])
+        client.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    srv, url = _serve_json({"choices": [{"message": {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
+                                         "finish_reason": "stop"}]})
+    try:  # content parts still work
+        client = LLMClient(model="m", base_url=url, retry_times=0)
+        assert client.chat_completions_sync([{"role": "user", "content": "x"}]) == "ok"
+        client.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -158,8 +158,10 @@ class OpenAIAdapter(ProviderAdapter):
                 + (f" (server said: {self.redact(str(detail))[:MAX_ERROR_TEXT]})" if detail else ""),
                 provider=self.name, model=model)
         content = message.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            raise self.shape_error("choices[0].message.content", content, "a string", model=model)
+        if content is not None and not isinstance(content, str) and not (
+                isinstance(content, list) and all(isinstance(p, dict) for p in content)):
+            raise self.shape_error("choices[0].message.content", content, "a string or a list of content parts",
+                                   model=model)
         tool_calls = message.get("tool_calls") or None
         if tool_calls is not None and not (isinstance(tool_calls, list) and all(isinstance(c, dict) for c in tool_calls)):
             raise self.shape_error("choices[0].message.tool_calls", tool_calls, "a list of objects", model=model)
