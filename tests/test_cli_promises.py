@@ -59,3 +59,12 @@ def test_ask_with_a_parameter_the_provider_refuses_is_a_usage_error(server):
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr and "thinking" in res.stderr
     assert len(server.requests) == 0
+
+
+def test_mock_on_a_taken_port_or_bad_rate_says_so_without_a_traceback(server):
+    port = server.url.split(":")[2].split("/")[0]
+    for args, words in ((("--port", port), "cannot listen"), (("--error-rate", "1.5"), "--error-rate"),
+                        (("--latency", "-1"), "--latency")):
+        res = run("mock", *args, timeout=30)
+        assert res.returncode == 2, (args, res.stderr)
+        assert words in res.stderr and "Traceback" not in res.stderr

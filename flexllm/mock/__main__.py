@@ -29,9 +29,20 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
 
 def serve(args: argparse.Namespace) -> int:
     """Start the server from parsed options, print its URL, serve until SIGINT/SIGTERM."""
-    server = MockServer(latency=args.latency, jitter=args.jitter, error_rate=args.error_rate, seed=args.seed,
-                        host=args.host, port=args.port, require_key=args.require_key,
-                        batch_time_scale=args.batch_time_scale).start()
+    for name in ("latency", "jitter"):
+        if getattr(args, name) < 0:
+            print(f"flexllm mock: --{name} must be >= 0, got {getattr(args, name)}", file=sys.stderr)
+            return 2
+    if not 0 <= args.error_rate <= 1:
+        print(f"flexllm mock: --error-rate must be a fraction in [0, 1], got {args.error_rate}", file=sys.stderr)
+        return 2
+    try:
+        server = MockServer(latency=args.latency, jitter=args.jitter, error_rate=args.error_rate, seed=args.seed,
+                            host=args.host, port=args.port, require_key=args.require_key,
+                            batch_time_scale=args.batch_time_scale).start()
+    except OSError as exc:  # the port is taken, or the address is not this host's
+        print(f"flexllm mock: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
