@@ -370,11 +370,14 @@ class Limiter:
                      sleep: Callable[[float], None]):
         url = safe_url(self._store.url)
         if self.limit.on_store_error == "local":
-            if self._fallback is None:
-                logger.warning("rate-limit store %s unusable (%s); using a per-process budget instead "
-                               "(on_store_error='local')", url, exc)
-                self._fallback, self._fallback_since = MemoryStore(), time.monotonic()
-            return op(self._fallback)
+            with self._lock:  # threads failing together: one fallback, one warning
+                fallback = self._fallback
+                if fallback is None:
+                    logger.warning("rate-limit store %s unusable (%s); using a per-process budget instead "
+                                   "(on_store_error='local')", url, exc)
+                    fallback = self._fallback = MemoryStore()
+                    self._fallback_since = time.monotonic()
+            return op(fallback)
         if not self._worked or not wait:
             raise RateLimitStoreError(f"rate-limit store {url} cannot be used: {exc}") from None
         if not self._outage:
