@@ -18,9 +18,12 @@ _DATA_LANGS = ("", "json", "json5", "jsonc", "javascript", "js", "python", "py",
 
 
 def _fence(line: str) -> Optional[Tuple[str, int, str]]:
-    """(fence char, fence length, info string) if `line` opens/closes a fence, else None."""
-    stripped = line.lstrip(" ")
-    if len(line) - len(stripped) > 3 or not stripped or stripped[0] not in "`~":
+    """(fence char, fence length, info string) if `line` opens/closes a fence, else None.
+
+    Any indentation is accepted: models nest fences in list items (`1. Run:` then a fence 4 spaces in).
+    """
+    stripped = line.lstrip(" \t")
+    if not stripped or stripped[0] not in "`~":
         return None
     ch = stripped[0]
     rest = stripped.lstrip(ch)
@@ -50,7 +53,7 @@ def extract_code_snippets(text: str) -> List[Dict[str, str]]:
     if not isinstance(text, str):
         raise ValueError(f"expected text, got {type(text).__name__}")
     out: List[Dict[str, str]] = []
-    lines = text.split("\n")
+    lines = text.replace("\r\n", "\n").split("\n")
     i, n = 0, len(lines)
     while i < n:
         opened = _fence(lines[i])
@@ -58,13 +61,15 @@ def extract_code_snippets(text: str) -> List[Dict[str, str]]:
         if opened is None:
             continue
         ch, length, info = opened
+        indent = len(lines[i - 1]) - len(lines[i - 1].lstrip(" \t"))  # the fence's: taken off each code line
         body: List[str] = []
         while i < n:
             closing = _fence(lines[i])
             i += 1
             if closing is not None and closing[0] == ch and closing[1] >= length and not closing[2]:
                 break
-            body.append(lines[i - 1])
+            line = lines[i - 1]
+            body.append(line[min(indent, len(line) - len(line.lstrip(" \t"))):])
         out.append({"language": _language(info), "code": "\n".join(body)})
     return out
 

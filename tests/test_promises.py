@@ -111,3 +111,15 @@ def test_reply_content_list_of_non_parts_is_a_parse_error_not_an_empty_success()
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_code_fenced_inside_a_list_item_or_with_crlf_is_found_and_dedented():
+    # realistic model output: numbered steps with the fence indented under the item, or CRLF line ends
+    from flexllm import extract_code_snippets, parse_to_code, parse_to_obj
+
+    nested = "1. Install:\n    ```bash\n    pip install flexllm\n    ```\n2. Run:\n   ```python\n   if x:\n       y = 2\n   ```"
+    assert extract_code_snippets(nested) == [{"language": "bash", "code": "pip install flexllm"},
+                                             {"language": "python", "code": "if x:\n    y = 2"}]
+    assert parse_to_code(nested) == "pip install flexllm"
+    assert parse_to_obj("Result:\n    ```json\n    {\"a\": [1, 2]}\n    ```") == {"a": [1, 2]}
+    assert extract_code_snippets("```python\r\nx = 1\r\n```\r\n") == [{"language": "python", "code": "x = 1"}]
