@@ -62,7 +62,8 @@ def main() -> int:
 
         say("Running the same command again: it resumes and only asks for what is missing")
         rerun = subprocess.run(batch_cmd(url))
-        print(f"Exit code {rerun.returncode}; {OUT} now has {lines_on_disk()} lines, one per input, in input order.")
+        print(f"Exit code {rerun.returncode}; {OUT} now has {lines_on_disk()} lines, one per input, "
+              "in the order they finished (each record carries its input's `index`).")
 
         say(f"The first 3 records of {OUT}")
         with open(OUT, encoding="utf-8") as f:

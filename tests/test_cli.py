@@ -205,6 +205,8 @@ def test_demo_runs(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert count_lines(tmp_path / "demo-output" / "out.jsonl") == 60
     assert "resumed: " in res.stderr
+    indexes = [r["index"] for r in read_records(tmp_path / "demo-output" / "out.jsonl")]
+    assert "in input order" not in res.stdout or indexes == sorted(indexes)  # what it says of the file is true
 
 
 def test_stdin_input_limit_and_cache(server, tmp_path):
