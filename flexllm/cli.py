@@ -60,7 +60,7 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout", type=_positive(float), default=120.0,
                    help="deadline per attempt in seconds; for streams per gap between lines (default 120)")
     g.add_argument("--temperature", type=float, help="sampling temperature")
-    g.add_argument("--max-tokens", type=int, help="maximum tokens in each reply")
+    g.add_argument("--max-tokens", type=_positive(int), help="maximum tokens in each reply")
     g.add_argument("--system", help="system message for prompt lines / the question")
     g.add_argument("--thinking", choices=THINKING, help="reasoning: true, false, or a level (default: the model's)")
 
@@ -82,14 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-o", "--output", required=True, help="output JSONL file (checkpoint; rerun resumes)")
     _connection_args(b)
     b.add_argument("--concurrency", type=int, default=50, help="requests in flight (default 50)")
-    b.add_argument("--qps", type=float, help="maximum request starts per second")
+    b.add_argument("--qps", type=_positive(float), help="maximum request starts per second")
     rl = b.add_argument_group("shared rate budget (one budget for many processes and machines; see README)")
     rl.add_argument("--rate-limit-store", metavar="URL",
                     help="sqlite:///path/limits.db or redis://host:6379/0 shared with other processes "
                          "(env FLEXLLM_RATE_LIMIT_STORE); --qps then counts against the shared budget too")
     rl.add_argument("--rate-limit-name", metavar="NAME", help="the budget's name in the store (default: default)")
-    rl.add_argument("--rpm", type=float, help="maximum request starts per minute (shared budget)")
-    rl.add_argument("--tpm", type=float, help="maximum tokens per minute (shared budget)")
+    rl.add_argument("--rpm", type=_positive(float), help="maximum request starts per minute (shared budget)")
+    rl.add_argument("--tpm", type=_positive(float), help="maximum tokens per minute (shared budget)")
     b.add_argument("--cache", action="store_true", help="cache replies (default dir ~/.cache/flexllm/llm_response)")
     b.add_argument("--cache-dir", help="cache directory (implies --cache)")
     b.add_argument("--cache-ttl", type=_positive(int, zero=True), help="cache entry lifetime in seconds, 0 = forever (implies --cache)")

@@ -68,3 +68,13 @@ def test_mock_on_a_taken_port_or_bad_rate_says_so_without_a_traceback(server):
         res = run("mock", *args, timeout=30)
         assert res.returncode == 2, (args, res.stderr)
         assert words in res.stderr and "Traceback" not in res.stderr
+
+
+def test_zero_rate_limits_and_max_tokens_are_usage_errors_not_no_limit(server, tmp_path):
+    # `--qps 0` / `--rpm 0` / `--tpm 0` used to run with no limit at all; `--max-tokens 0` was sent
+    inp = tmp_path / "in.jsonl"
+    write_input(inp, 2)
+    for flag in ("--qps", "--rpm", "--tpm", "--max-tokens"):
+        res = run(*batch_args(server, inp, tmp_path / "out.jsonl", flag, "0"))
+        assert res.returncode == 2 and flag in res.stderr, (flag, res.stderr)
+    assert len(server.requests) == 0
