@@ -76,6 +76,10 @@ class ItemParams:
             return
         if not isinstance(own, Mapping):
             raise ValueError(f"params_list[{index}] must be a dict of parameters, got {type(own).__name__}")
+        settings = sorted(k for k in ("api_key", "base_url", "api_base") if k in own)
+        if settings:  # checked before the record (which keeps the entry) is written: a key never lands in a file
+            raise ValueError(f"params_list[{index}] has {settings}: client settings, not request parameters "
+                             "(pass them to the client)")
         model = own.get("model")
         if model is not None:
             if not isinstance(model, str) or not model:

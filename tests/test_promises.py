@@ -123,3 +123,19 @@ def test_code_fenced_inside_a_list_item_or_with_crlf_is_found_and_dedented():
     assert parse_to_code(nested) == "pip install flexllm"
     assert parse_to_obj("Result:\n    ```json\n    {\"a\": [1, 2]}\n    ```") == {"a": [1, 2]}
     assert extract_code_snippets("```python\r\nx = 1\r\n```\r\n") == [{"language": "python", "code": "x = 1"}]
+
+
+def test_a_per_call_api_key_never_goes_into_the_request_body_or_the_output_file(server, tmp_path):
+    # secrets never reach an output file: `api_key=` on a call used to be sent as a JSON body field, and a batch
+    # params entry carrying it was written into the record
+    client = LLMClient(model="m", base_url=server.url)
+    with pytest.raises(ValueError, match="client settings") as info:
+        client.chat_completions_sync([{"role": "user", "content": "x"}], api_key="sk-PERCALL-SECRET")
+    assert "sk-PERCALL-SECRET" not in str(info.value)
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(ValueError, match="client settings") as info:
+        client.chat_completions_batch_sync([[{"role": "user", "content": "x"}]], output_file=str(out),
+                                           params_list=[{"api_key": "sk-PERCALL-SECRET"}])
+    assert "sk-PERCALL-SECRET" not in str(info.value) and len(server.requests) == 0
+    assert not out.exists() or "sk-PERCALL-SECRET" not in out.read_text()
+    client.close()

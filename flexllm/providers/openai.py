@@ -121,6 +121,10 @@ class OpenAIAdapter(ProviderAdapter):
         foreign = foreign_params(self.name, params)
         if foreign:
             raise ValueError(f"OpenAI-compatible servers do not take {foreign} (another provider's parameters)")
+        settings = sorted(k for k in _CLIENT_SETTINGS if k in params)
+        if settings:  # never into the request body (a key there reaches the server's request logs and our files)
+            raise ValueError(f"{settings} are client settings, not request parameters: pass them to the client, "
+                             "e.g. LLMClient(model=..., base_url=..., api_key=...)")
         body: Dict[str, Any] = {"model": model, "messages": messages}
         for key, value in params.items():
             if key not in _OMIT:
@@ -245,6 +249,9 @@ class OpenAIAdapter(ProviderAdapter):
             out["extra_body"] = params["extra_body"]
         return out
 
+
+#: client settings a caller may mistake for per-call keywords (the Gemini and Claude adapters reject unknown ones)
+_CLIENT_SETTINGS = frozenset({"api_key", "base_url", "api_base"})
 
 _QUOTA_CODES = ("insufficient_quota", "quota_exceeded", "billing_hard_limit_reached")
 # a proxy (LiteLLM) relays an upstream quota error as {"type": "throttling_error", "code": "429"}: only the
