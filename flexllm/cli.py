@@ -8,6 +8,7 @@ This is the only module of flexllm that prints.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -216,6 +217,14 @@ def _item_params(metadata: List[dict]) -> Optional[List[Optional[dict]]]:
     return [row.pop("params", None) for row in metadata]
 
 
+def _stdout_gone() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush into a closed pipe raises nothing."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError:
+        pass
+
+
 def _setup_logging(quiet: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("flexllm: %(message)s"))
@@ -326,6 +335,10 @@ def _guarded(client: Any, run: Any, interrupted: str) -> Tuple[Optional[Dict[str
     except (IsADirectoryError, NotADirectoryError, FileNotFoundError, PermissionError) as exc:
         raise UsageError(f"cannot write the output file: {exc}") from None
     except OSError as exc:  # e.g. a full disk mid-run: what was written is whole, a rerun resumes
+        if exc.errno == errno.EPIPE:  # `-o - | head`: the reader left; nothing to resume from a pipe
+            _stdout_gone()
+            print("flexllm: the output pipe was closed by its reader; stopped", file=sys.stderr)
+            return None, EXIT_FAILED
         print(f"flexllm: {exc}; {interrupted}", file=sys.stderr)
         return None, EXIT_FAILED
     except KeyboardInterrupt:
@@ -400,6 +413,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
     except LLMError as exc:
         print(f"\nflexllm: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:  # `flexllm ask … | head`: the reader has what it wanted
+        _stdout_gone()
+        return EXIT_OK
     except ValueError as exc:  # a parameter this provider does not take (e.g. --thinking minimal for Claude)
         raise UsageError(str(exc)) from None
     except KeyboardInterrupt:

@@ -78,3 +78,28 @@ def test_zero_rate_limits_and_max_tokens_are_usage_errors_not_no_limit(server, t
         res = run(*batch_args(server, inp, tmp_path / "out.jsonl", flag, "0"))
         assert res.returncode == 2 and flag in res.stderr, (flag, res.stderr)
     assert len(server.requests) == 0
+
+
+def _piped_into_a_closed_reader(args):
+    """Run `flexllm ARGS | head -c 10`: (exit code, stderr)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    proc = subprocess.Popen([sys.executable, "-m", "flexllm", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdout.read(10)
+    proc.stdout.close()  # the reader leaves, as `| head -c 10` does
+    err = proc.stderr.read().decode()
+    return proc.wait(timeout=60), err
+
+
+def test_a_reader_that_leaves_the_pipe_gets_no_traceback(server, tmp_path):
+    inp = tmp_path / "in.jsonl"
+    write_input(inp, 400)
+    code, err = _piped_into_a_closed_reader(batch_args(server, inp, "-", "--no-progress", "--quiet"))
+    assert code == 1 and "Traceback" not in err and "pipe was closed" in err and "free space" not in err
+    long_reply = "[[mock:reply=" + "word " * 12000 + "]] x"
+    code, err = _piped_into_a_closed_reader(("ask", long_reply, "--model", "m", "--base-url", server.url))
+    assert code == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
