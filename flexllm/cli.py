@@ -242,6 +242,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from ._export import csv_path_for, write_csv
 
     _setup_logging(args.quiet)
+    if args.format == "csv" and args.output == "-":  # the CSV is written from the file once the run ends
+        raise UsageError("--format csv needs an output file (-o results.csv), not -")
     checkpoint, csv_out = csv_path_for(args.output) if args.format == "csv" else (args.output, None)
     if args.provider_batch or getattr(args, "dry_run", False):
         messages_list, metadata = read_jsonl(args.input, args.system, args.limit)

@@ -103,3 +103,12 @@ def test_a_reader_that_leaves_the_pipe_gets_no_traceback(server, tmp_path):
     long_reply = "[[mock:reply=" + "word " * 12000 + "]] x"
     code, err = _piped_into_a_closed_reader(("ask", long_reply, "--model", "m", "--base-url", server.url))
     assert code == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_csv_format_to_stdout_is_refused_before_any_request(server, tmp_path):
+    # `-o - --format csv` ran the whole batch, then failed to write "-.csv" and said the results were "in -"
+    inp = tmp_path / "in.jsonl"
+    write_input(inp, 2)
+    res = run(*batch_args(server, inp, "-", "--format", "csv"))
+    assert res.returncode == 2 and "--format csv" in res.stderr
+    assert len(server.requests) == 0
