@@ -53,6 +53,19 @@ class LLMError(Exception):
         where = "/".join(p for p in (provider, model) if p)
         super().__init__(f"[{where}] {message}" if where else message)
 
+    def __reduce__(self) -> Any:
+        """Pickle as the same class with the same fields (multiprocessing, Ray): __init__'s keyword-only
+        arguments would otherwise make every APIStatusError fail to unpickle in the receiving process."""
+        return _rebuild, (type(self), self.args, dict(self.__dict__))
+
+
+def _rebuild(cls: Type[LLMError], args: Any, state: Dict[str, Any]) -> LLMError:
+    """An unpickled error: `cls` with `args` and `state`, without running its __init__ again."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class APIConnectionError(LLMError):
     """The request got no HTTP response (connection refused, reset, dropped)."""

@@ -139,3 +139,25 @@ def test_a_per_call_api_key_never_goes_into_the_request_body_or_the_output_file(
     assert "sk-PERCALL-SECRET" not in str(info.value) and len(server.requests) == 0
     assert not out.exists() or "sk-PERCALL-SECRET" not in out.read_text()
     client.close()
+
+
+def test_typed_errors_cross_process_boundaries(server):
+    # multiprocessing / ProcessPoolExecutor / Ray tasks pickle the error back to the parent: every
+    # APIStatusError failed to unpickle (TypeError: missing keyword-only argument 'status_code')
+    import concurrent.futures
+    import multiprocessing
+
+    from flexllm import AuthenticationError, QuotaExceededError
+
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        for text, cls, status in (("[[mock:status=401]] x", AuthenticationError, 401),
+                                  ("[[mock:quota=1]] x", QuotaExceededError, 429)):
+            with pytest.raises(cls) as info:
+                pool.submit(_call_in_child, server.url, text).result(timeout=120)
+            assert info.value.status_code == status and info.value.provider == "openai"
+            assert str(info.value).startswith("[openai/m] HTTP")
+
+
+def _call_in_child(url, text):
+    return LLMClient(model="m", base_url=url, retry_times=0).chat_completions_sync([{"role": "user", "content": text}])
