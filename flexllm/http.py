@@ -63,15 +63,7 @@ def _mapped(provider: str, model: str, redact: Callable[[str], str]) -> Iterator
     except httpx.TimeoutException as exc:
         raise APITimeoutError(redact(f"request timed out ({type(exc).__name__}: {exc})"),
                               provider=provider, model=model) from _without_frames(exc)
-    except UnicodeEncodeError as exc:
-        if "surrogate" in exc.reason:  # the body: headers are ASCII-encoded and would fail on any non-ASCII
-            raise ValueError(f"the request holds a lone surrogate {exc.object[exc.start:exc.end]!r} (e.g. half of "
-                             "a JSON \\ud83d\\ude00 escape pair), which is not valid Unicode and cannot be sent; "
-                             "fix the input") from None
-        raise LLMError(f"the request could not be sent ({type(exc).__name__}): a header value holds a line break, "
-                       "a control character or non-ASCII text; check api_key, default_headers and extra_headers",
-                       provider=provider, model=model) from None
-    except httpx.LocalProtocolError as exc:
+    except (httpx.LocalProtocolError, UnicodeEncodeError) as exc:
         # a header that cannot be sent: our request is wrong, so no retry; its text would quote the value
         raise LLMError(f"the request could not be sent ({type(exc).__name__}): a header value holds a line break, "
                        "a control character or non-ASCII text; check api_key, default_headers and extra_headers",
