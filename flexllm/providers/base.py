@@ -205,8 +205,14 @@ class ProviderAdapter:
         raise NotImplementedError
 
     def cache_params(self, params: Dict[str, Any]) -> Dict[str, Any]:
-        """The parts of `params` that change the answer (for the cache key). Default: all but library words."""
-        return {k: v for k, v in params.items() if k not in LIBRARY_KWARGS or k == "thinking"}
+        """The parts of `params` that change the answer (for the cache key): all but library words, transport
+        options and unset values, plus the thinking setting in effect (the call's, else the client's default)."""
+        out = {k: v for k, v in params.items()
+               if k not in LIBRARY_KWARGS and k not in ("extra_headers", "stream", "stream_options") and v is not None}
+        thinking = params["thinking"] if "thinking" in params else getattr(self, "thinking", None)
+        if thinking is not None:
+            out["thinking"] = thinking
+        return out
 
     def shape_error(self, where: str, value: Any, expected: str, *, model: str) -> ResponseParseError:
         """The error for a 2xx reply whose `where` has the wrong type (never a bare TypeError)."""

@@ -473,14 +473,6 @@ class GeminiAdapter(ProviderAdapter):
         return self.status_error(cls, message, status_code=status_code, body=body, headers=headers, model=model,
                                  code=code, retry_after=retry_after)
 
-    def cache_params(self, params: Dict[str, Any]) -> Dict[str, Any]:
-        out = {k: v for k, v in params.items()
-               if k not in LIBRARY_KWARGS and k not in ("extra_headers", "stream", "stream_options") and v is not None}
-        thinking = params["thinking"] if "thinking" in params else self.thinking
-        if thinking is not None:
-            out["thinking"] = thinking
-        return out
-
 
 def _make_adapter(*, base_url: Optional[str], api_key: Optional[str], model: Optional[str] = None, thinking: Any = None,
                   default_headers: Optional[Mapping[str, str]] = None, project_id: Optional[str] = None,
