@@ -245,6 +245,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.format == "csv" and args.output == "-":  # the CSV is written from the file once the run ends
         raise UsageError("--format csv needs an output file (-o results.csv), not -")
     checkpoint, csv_out = csv_path_for(args.output) if args.format == "csv" else (args.output, None)
+    if not args.provider_batch and (args.wait or args.fallback_online_after is not None):  # never silently ignored
+        raise UsageError("--wait and --fallback-online-after go with --provider-batch")
     if args.provider_batch or getattr(args, "dry_run", False):
         messages_list, metadata = read_jsonl(args.input, args.system, args.limit)
         params_list = _item_params(metadata)

@@ -112,3 +112,13 @@ def test_csv_format_to_stdout_is_refused_before_any_request(server, tmp_path):
     res = run(*batch_args(server, inp, "-", "--format", "csv"))
     assert res.returncode == 2 and "--format csv" in res.stderr
     assert len(server.requests) == 0
+
+
+def test_provider_batch_flags_without_provider_batch_are_a_usage_error(server, tmp_path):
+    # `--wait` alone used to run a live batch as if it were not there
+    inp = tmp_path / "in.jsonl"
+    write_input(inp, 2)
+    for extra in (("--wait",), ("--fallback-online-after", "6")):
+        res = run(*batch_args(server, inp, tmp_path / "out.jsonl", *extra))
+        assert res.returncode == 2 and "--provider-batch" in res.stderr, res.stderr
+    assert len(server.requests) == 0
