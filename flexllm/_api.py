@@ -86,6 +86,9 @@ class ClientAPI:
         `response_format=` a Pydantic model class returns the validated model instance (`.parsed` of the
         result with return_usage); a JSON Schema dict is validated too and the text returned as usual.
         """
+        if "events" in kwargs:
+            raise ValueError("events= belongs to chat_completions_stream_sync / chat_completions_stream; "
+                             "a single call returns the whole reply (return_usage=True for its parts)")
         outcome = self._complete(check_messages(messages), self._model(model), kwargs, skip_cache=skip_cache,
                                  read_cache=not return_raw)
         if return_raw:

@@ -26,7 +26,7 @@ from ._messages import check_messages, find_lone_surrogate
 from ._pipeline import result_from_hit
 from ._record import to_item
 from ._stores import RateLimitStoreError
-from .errors import QuotaExceededError
+from .errors import AuthenticationError, QuotaExceededError
 from .pricing import get_model_pricing
 from .progress import BatchProgress
 from .structured import response_schema
@@ -324,9 +324,11 @@ class BatchJob:
             with self._lock:
                 self.retries += max(0, attempts - 1)
                 self.errors[kind] += 1
-                if isinstance(exc, (QuotaExceededError, RateLimitStoreError)) and not self._stop.is_set():
-                    self.stopped_reason = f"quota exhausted: {exc}" if isinstance(exc, QuotaExceededError) \
-                        else f"rate-limit store unusable: {exc.message}"
+                refused = isinstance(exc, AuthenticationError) and exc.status_code == 401  # the key: every item
+                if (refused or isinstance(exc, (QuotaExceededError, RateLimitStoreError))) and not self._stop.is_set():
+                    self.stopped_reason = (f"quota exhausted: {exc}" if isinstance(exc, QuotaExceededError)
+                                           else f"authentication failed: {exc}" if refused
+                                           else f"rate-limit store unusable: {exc.message}")
                     logger.error("stopping the batch early: %s (finished results are kept; rerun later to "
                                  "resume)", exc)
                     self._stop.set()

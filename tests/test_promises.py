@@ -161,3 +161,28 @@ def test_typed_errors_cross_process_boundaries(server):
 
 def _call_in_child(url, text):
     return LLMClient(model="m", base_url=url, retry_times=0).chat_completions_sync([{"role": "user", "content": text}])
+
+
+def test_a_batch_whose_key_is_refused_stops_early_instead_of_failing_every_item(tmp_path):
+    from flexllm import LLMClient
+    from flexllm.mock import MockServer
+
+    with MockServer(require_key="right-key") as srv:
+        client = LLMClient(model="m", base_url=srv.url, api_key="wrong-key", concurrency_limit=1)
+        results, summary = client.chat_completions_batch_sync(
+            [[{"role": "user", "content": f"q{i}"}] for i in range(20)], output_file=str(tmp_path / "out.jsonl"),
+            show_progress=False, return_summary=True)
+        assert summary["stopped_reason"].startswith("authentication failed")
+        assert len(srv.requests) < 20  # stopped, not twenty 401s
+        assert results == [None] * 20
+
+
+def test_events_on_a_single_call_is_refused_not_sent_in_the_body(server):
+    import pytest
+
+    from flexllm import LLMClient
+
+    client = LLMClient(model="m", base_url=server.url)
+    with pytest.raises(ValueError, match="events= belongs to chat_completions_stream"):
+        client.chat_completions_sync([{"role": "user", "content": "hi"}], events=True)
+    assert server.requests == []
