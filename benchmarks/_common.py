@@ -30,39 +30,34 @@ def pin(core: int) -> None:
 
 
 @contextlib.contextmanager
-def mock_server(latency: float = 0.0, jitter: float = 0.0) -> Iterator[str]:
-    """A `python -m flexllm.mock` subprocess on the last core; yields its OpenAI base URL."""
-    cmd = [sys.executable, "-m", "flexllm.mock", "--port", "0", "--latency", str(latency), "--jitter", str(jitter)]
+def _served(cmd: List[str], what: str) -> Iterator[str]:
+    """Run a server command on the last core until the block ends; yields the URL from its first line."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT, text=True,
                             preexec_fn=lambda: pin((os.cpu_count() or 1) - 1))
     try:
         line = proc.stdout.readline()
         if "listening on" not in line:
-            raise RuntimeError(f"mock server did not start: {line!r}")
+            raise RuntimeError(f"{what} did not start: {line!r}")
         yield line.strip().rsplit(" ", 1)[-1]
     finally:
         proc.terminate()
         proc.wait(10)
 
 
-@contextlib.contextmanager
-def lean_server(latency: float = 0.0) -> Iterator[str]:
+def mock_server(latency: float = 0.0, jitter: float = 0.0) -> "contextlib.AbstractContextManager[str]":
+    """A `python -m flexllm.mock` subprocess on the last core; yields its OpenAI base URL."""
+    return _served([sys.executable, "-m", "flexllm.mock", "--port", "0", "--latency", str(latency),
+                    "--jitter", str(jitter)], "mock server")
+
+
+def lean_server(latency: float = 0.0) -> "contextlib.AbstractContextManager[str]":
     """benchmarks/_server.py (one asyncio loop) on the last core; yields its OpenAI base URL.
 
     For the scale and CPU benchmarks: it holds any number of slow replies without becoming the bottleneck
     (`server_stats` tells how late its replies went out). flexllm.mock stays for fault-injection runs.
     """
-    cmd = [sys.executable, os.path.join(HERE, "_server.py"), "--latency", str(latency)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT, text=True,
-                            preexec_fn=lambda: pin((os.cpu_count() or 1) - 1))
-    try:
-        line = proc.stdout.readline()
-        if "listening on" not in line:
-            raise RuntimeError(f"benchmark server did not start: {line!r}")
-        yield line.strip().rsplit(" ", 1)[-1]
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    return _served([sys.executable, os.path.join(HERE, "_server.py"), "--latency", str(latency)],
+                   "benchmark server")
 
 
 def server_stats(url: str, reset: bool = True) -> dict:
