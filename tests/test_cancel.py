@@ -19,6 +19,22 @@ from .conftest import read_records, user, wait_for
 BOUND = 60.0  # generous: a hang fails the test instead of blocking the suite
 
 
+async def until(predicate):
+    """Poll `predicate` from the event loop, bounded by BOUND (never a bare sleep)."""
+    for _ in range(int(BOUND * 100)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+
+
+def assert_pool_drains(client, why):
+    """The client's async thread pool shuts down within BOUND: no worker is left sleeping or reading."""
+    pool = client._pool()
+    done = threading.Event()
+    threading.Thread(target=lambda: (pool.shutdown(wait=True), done.set()), daemon=True).start()
+    assert done.wait(BOUND), why
+
+
 def collect(client, messages_list, **kwargs):
     async def consume():
         return [item async for item in client.aiter_chat_completions_batch(messages_list, **kwargs)]
@@ -65,10 +81,7 @@ def test_cancelled_batch_await_stops_keeps_in_flight_and_unlocks(server, tmp_pat
 
     async def main():
         task = asyncio.create_task(client.chat_completions_batch(messages, output_file=out, show_progress=False))
-        for _ in range(int(BOUND * 100)):
-            if len(server.requests) >= 2 or task.done():
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: len(server.requests) >= 2 or task.done())
         assert len(server.requests) == 2 and not task.done()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -109,10 +122,7 @@ def test_many_timed_out_awaits_do_not_exhaust_the_thread_pool(server):
     async def main():
         for i in range(12):
             task = asyncio.create_task(client.chat_completions(user(f"[[mock:latency=30]] slow {i}")))
-            for _ in range(int(BOUND * 100)):
-                if len(server.requests) > i or task.done():
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda i=i, task=task: len(server.requests) > i or task.done())
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -130,20 +140,13 @@ def test_cancelled_await_never_starts_a_retry(server):
 
     async def main():
         task = asyncio.create_task(client.chat_completions(user("[[mock:status=429;retry_after=100]] x")))
-        for _ in range(int(BOUND * 100)):
-            if server.requests:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: server.requests)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(main())
-    pool = client._pool()
-    # the worker thread wakes from its 100 s Retry-After and ends: the pool can shut down with wait
-    done = threading.Event()
-    threading.Thread(target=lambda: (pool.shutdown(wait=True), done.set()), daemon=True).start()
-    assert done.wait(BOUND), "the cancelled call kept sleeping out its Retry-After"
+    assert_pool_drains(client, "the cancelled call kept sleeping out its Retry-After")
     assert len(server.requests) == 1
     client.close()
 
@@ -154,20 +157,14 @@ def test_abandoned_async_stream_never_starts_a_retry(server):
     async def main():
         stream = client.chat_completions_stream(user("[[mock:status=429;retry_after=100]] x"))
         task = asyncio.create_task(stream.__anext__())
-        for _ in range(int(BOUND * 100)):
-            if server.requests:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: server.requests)
         task.cancel()  # the consumer leaves while the producer sleeps out the Retry-After
         with pytest.raises(asyncio.CancelledError):
             await task
         await stream.aclose()
 
     asyncio.run(main())
-    pool = client._pool()
-    done = threading.Event()
-    threading.Thread(target=lambda: (pool.shutdown(wait=True), done.set()), daemon=True).start()
-    assert done.wait(BOUND), "the abandoned stream kept sleeping out its Retry-After"
+    assert_pool_drains(client, "the abandoned stream kept sleeping out its Retry-After")
     assert len(server.requests) == 1
     client.close()
 
@@ -178,20 +175,14 @@ def test_abandoned_async_stream_on_a_stalled_server_frees_thread_and_slot(server
     async def main():
         stream = client.chat_completions_stream(user("[[mock:trickle=5]] stalled"))  # 1 byte per 5 s
         task = asyncio.create_task(stream.__anext__())
-        for _ in range(int(BOUND * 100)):
-            if server.requests:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: server.requests)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         await stream.aclose()
 
     asyncio.run(main())
-    pool = client._pool()
-    done = threading.Event()
-    threading.Thread(target=lambda: (pool.shutdown(wait=True), done.set()), daemon=True).start()
-    assert done.wait(BOUND), "the abandoned stream kept reading a stalled server"
+    assert_pool_drains(client, "the abandoned stream kept reading a stalled server")
     assert client.chat_completions_sync(user("next")) == "echo: next"  # its only slot is free again
     assert len(server.requests) == 2  # and the cut stream was not retried
     client.close()
@@ -206,10 +197,7 @@ def test_cancelled_pool_batch_wakes_sleeping_retries(server, tmp_path):
     async def main():
         task = asyncio.create_task(pool.chat_completions_batch(messages, output_file=str(tmp_path / "o.jsonl"),
                                                                show_progress=False))
-        for _ in range(int(BOUND * 100)):
-            if len(server.requests) >= 2:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: len(server.requests) >= 2)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, BOUND)
