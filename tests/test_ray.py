@@ -134,3 +134,15 @@ def test_actors_share_one_redis_budget(ray_cluster, server, tmp_path):
     assert len(starts) == 200
     most = max_in_window(starts)
     assert most <= 11, f"{most} starts in one second (10/s for both actors together, +1 for arrival jitter)"
+
+
+def test_a_hand_edited_line_that_is_not_an_answer_is_asked_again(tmp_path, server):
+    from flexllm._hashing import messages_hash
+
+    conv = [{"role": "user", "content": "q"}]
+    (tmp_path / "flexllm-edited.jsonl").write_text(json.dumps(
+        {"id": 1, "input_hash": messages_hash(conv), "status": "error", "output": None}) + "\n")
+    mapper = LLMMapper(model="m", base_url=server.url, id_column="id", checkpoint_dir=str(tmp_path))
+    out = mapper({"id": [1], "prompt": ["q"]})
+    assert list(out["status"]) == ["success"] and list(out["output"]) == ["echo: q"]
+    assert len(server.requests) == 1

@@ -185,6 +185,8 @@ class RowCheckpoint:
                 record = json.loads(handle.readline())
                 if row_key(record.get("id")) != keys[pos]:
                     continue  # a 64-bit hash collision: another id
+                if record.get("status") not in ("success", "cached") or not isinstance(record.get("output"), str):
+                    continue  # not an answer (a hand-edited or foreign line): ask again
                 try:
                     same = record.get("input_hash") == messages_hash(conversations[pos])
                 except (TypeError, ValueError):
