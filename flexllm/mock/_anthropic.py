@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from ._common import Turn, bearer, pieces, sse, words
+from ._common import Turn, bearer, pieces, sse, text_of, words
 from ._directives import strip
 
 __all__ = ["CUT_OFF", "api_key", "error_body", "is_stream", "matches", "reply", "requested_schema", "stream", "texts",
@@ -49,21 +49,14 @@ def validate(headers: Any, body: Dict[str, Any]) -> Optional[str]:
     return None
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
-    return ""
-
 
 def texts(body: Dict[str, Any]) -> Tuple[str, str]:
     """(all text incl. the system prompt, last user text)."""
-    chunks = [_text(body.get("system"))]
+    chunks = [text_of(body.get("system"))]
     last = ""
     for m in body.get("messages") or ():
         if isinstance(m, dict):
-            t = _text(m.get("content"))
+            t = text_of(m.get("content"))
             chunks.append(t)
             if m.get("role") == "user" and t:
                 last = t

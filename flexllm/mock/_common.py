@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional
 
-__all__ = ["Turn", "bearer", "pieces", "sse", "words"]
+__all__ = ["Turn", "bearer", "pieces", "sse", "text_of", "words"]
 
 
 @dataclass
@@ -27,6 +27,15 @@ class Turn:
 
     def thought(self) -> str:
         return "thinking about: " + self.last_user
+
+
+def text_of(content: Any) -> str:
+    """The text of a message's content: a string, or the `type: text` blocks of a list (OpenAI and Claude)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+    return ""
 
 
 def words(text: str) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from ._common import Turn, bearer, pieces, sse, words
+from ._common import Turn, bearer, pieces, sse, text_of, words
 from ._directives import strip
 
 __all__ = ["api_key", "error_body", "is_stream", "matches", "pieces", "reply", "stream", "texts", "words"]
@@ -27,22 +27,15 @@ def api_key(headers: Any) -> str:
     return bearer(headers) or headers.get("api-key", "")
 
 
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
-
 
 def texts(body: Dict[str, Any]) -> Tuple[str, str]:
     """(all message text, last user message text)."""
     messages = body.get("messages") or []
-    all_text = "\n".join(_text_of(m.get("content")) for m in messages if isinstance(m, dict))
+    all_text = "\n".join(text_of(m.get("content")) for m in messages if isinstance(m, dict))
     last = ""
     for m in messages:
         if isinstance(m, dict) and m.get("role") == "user":
-            last = _text_of(m.get("content"))
+            last = text_of(m.get("content"))
     return all_text, last
 
 
