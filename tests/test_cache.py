@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import threading
 import stat
 import subprocess
 import sys
@@ -269,3 +270,25 @@ def test_file_corrupted_while_running_warns_once_then_runs_uncached(server, tmp_
     assert len(above_info) == 1, [r.getMessage() for r in above_info]
     assert "cache" in above_info[0].getMessage()
     c.close()
+
+
+def test_many_connections_opening_a_new_cache_at_once_all_get_it(tmp_path):
+    # switching a fresh file to WAL needs an exclusive lock, and SQLite answers "database is locked" at once
+    # (no busy wait) to some of several openers racing for it: each must still open the cache
+    errors = []
+
+    def open_one(directory, barrier):
+        barrier.wait()
+        try:
+            ResponseCache(ResponseCacheConfig.persistent(cache_dir=directory)).close()
+        except Exception as exc:  # pragma: no cover - the failure this test exists for
+            errors.append(exc)
+
+    for round_ in range(300):
+        barrier = threading.Barrier(8)
+        threads = [threading.Thread(target=open_one, args=(str(tmp_path / str(round_)), barrier)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not errors, errors[:3]
