@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Sequence, T
 from urllib.parse import urlsplit, urlunsplit
 
 from ._logging import get_logger
+from ._sqlite import switch_to_wal
 from .errors import LLMError
 
 if TYPE_CHECKING:
@@ -180,7 +181,7 @@ class SQLiteStore:
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from None
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            switch_to_wal(conn, _SQLITE_BUSY_TIMEOUT)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("CREATE TABLE IF NOT EXISTS flexllm_rate_budget (name TEXT NOT NULL, dim TEXT NOT NULL, "
                          "tat REAL NOT NULL, PRIMARY KEY (name, dim)) WITHOUT ROWID")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import sqlite3
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from ._hashing import canonical_json, strip_inline_media
 from ._logging import get_logger
+from ._sqlite import switch_to_wal
 from .config import ResponseCacheConfig
 
 __all__ = ["CACHE_FILENAME", "ResponseCache", "cache_key", "cache_keys"]
@@ -63,27 +63,6 @@ def cache_keys(provider: str, requests: Iterable[Tuple[str, List[dict], Mapping[
             text = canonical_json(strip_inline_media(messages))
         out.append(sha256((frame[0] + text + frame[1]).encode("utf-8", "surrogatepass")).hexdigest())
     return out
-
-
-def _switch_to_wal(conn: sqlite3.Connection) -> None:
-    """Put the file in WAL mode (persistent), retrying while other processes hold it.
-
-    Switching needs an exclusive lock, and SQLite answers "database is locked" at once, without its busy
-    handler, when several processes open a new cache together. Once the file is in WAL mode sqlitedict's
-    own `PRAGMA journal_mode = WAL` is a no-op and cannot hit that race in its thread.
-    """
-    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
-    delay = 0.005
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode = WAL").fetchone()
-            return  # "wal", or the mode a filesystem without WAL support keeps (as sqlitedict would)
-        except sqlite3.OperationalError as exc:
-            text = str(exc).lower()
-            if ("locked" not in text and "busy" not in text) or time.monotonic() >= deadline:
-                raise
-        time.sleep(delay * (0.5 + random.random()))
-        delay = min(delay * 2, 0.25)
 
 
 class ResponseCache:
@@ -141,7 +120,7 @@ class ResponseCache:
         probe = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000)
         try:  # a corrupt file or a lock race fails here, quietly, instead of inside sqlitedict's thread
             probe.execute("PRAGMA schema_version").fetchone()
-            _switch_to_wal(probe)
+            switch_to_wal(probe, _BUSY_TIMEOUT_MS / 1000)  # then sqlitedict's own pragma is a no-op
         finally:
             probe.close()
         db = SqliteDict(self.path, tablename=_TABLE, autocommit=True, outer_stack=False,

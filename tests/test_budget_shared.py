@@ -16,7 +16,7 @@ import pytest
 
 from flexllm import LLMClient, RateLimit, RateLimitStoreError
 from flexllm._limiter import Limiter
-from flexllm._stores import open_store
+from flexllm._stores import SQLiteStore, open_store
 from flexllm.mock import MockServer
 
 from .conftest import read_records, user, wait_for
@@ -268,3 +268,25 @@ def test_cli_runs_share_a_budget_through_the_store_flags(server, tmp_path):
                           "--rate-limit-store", "ftp://nowhere"], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=os.getcwd()))
     assert bad.returncode == 2 and "shared" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_many_connections_opening_a_new_budget_file_at_once_all_get_it(tmp_path):
+    # the WAL switch of a fresh file races: SQLite answers "locked" at once to some openers; each must open
+    errors = []
+
+    def open_one(url, barrier):
+        barrier.wait()
+        try:
+            SQLiteStore(url).check()
+        except Exception as exc:  # pragma: no cover - the failure this test exists for
+            errors.append(exc)
+
+    for round_ in range(300):
+        barrier = threading.Barrier(8)
+        url = f"sqlite:///{tmp_path}/{round_}.db"
+        threads = [threading.Thread(target=open_one, args=(url, barrier)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not errors, errors[:3]
