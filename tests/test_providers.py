@@ -5,7 +5,7 @@ import pytest
 
 from flexllm import GeminiClient, LLMClient, LLMClientPool, OpenAIClient
 from flexllm.cli import build_parser
-from flexllm.mock import _server as mock_server
+from flexllm.mock import _routes as mock_routes
 from flexllm.providers import Provider, detect, names, registry
 from flexllm.providers.openai import OpenAIAdapter
 
@@ -112,7 +112,7 @@ def test_another_providers_parameters_are_rejected_by_name(server):
 def test_mock_dispatches_through_a_table_of_dialect_modules(server):
     import httpx
 
-    assert {d.__name__.rsplit("._", 1)[1] for d in mock_server.DIALECTS} >= {"openai", "gemini"}
-    assert mock_server.dialect_for("/v1/chat/completions").__name__.endswith("_openai")
-    assert mock_server.dialect_for("/v1beta/models/gemini-2.5-flash:generateContent").__name__.endswith("_gemini")
+    assert {d.__name__.rsplit("._", 1)[1] for d in mock_routes.DIALECTS} >= {"openai", "gemini"}
+    assert mock_routes.dialect_for("/v1/chat/completions").__name__.endswith("_openai")
+    assert mock_routes.dialect_for("/v1beta/models/gemini-2.5-flash:generateContent").__name__.endswith("_gemini")
     assert httpx.post(server.root_url + "/nowhere", json={}).status_code == 404

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from . import _anthropic, _gemini, _openai
 from ._common import Turn
 from ._directives import collect, strip
+from ._routes import answer
 
 __all__ = ["BatchCore", "WINDOW_HOURS", "dialect"]
 
@@ -123,15 +124,13 @@ class BatchCore:
 
     def _reply(self, provider: str, item: _Item, seq: int, model: str) -> Dict[str, Any]:
         """The same reply the live endpoint gives for this body (directives, echo, schema-shaped JSON)."""
-        from ._server import _answer  # the live endpoint's answer rule (imported late: _server imports us)
-
         chat = dialect(provider)
         all_text, last = chat.texts(item.body)
         d = collect(self.mock._rules_snapshot(), all_text, "/batch")
         last = strip(last).strip()
         path = {"gemini": f"/v1beta/models/{model}:generateContent", "anthropic": "/v1/messages"}.get(
             provider, "/v1/chat/completions")
-        return chat.reply(Turn(item.body, path, seq, _answer(d, chat, item.body, last, None), last, d))
+        return chat.reply(Turn(item.body, path, seq, answer(d, chat, item.body, last, None), last, d))
 
     def _page(self, provider: str, query: str, after_key: str) -> Tuple[List[_Batch], bool]:
         """One page of a provider's batches, newest first (`limit`, and a cursor named `after_key`)."""
