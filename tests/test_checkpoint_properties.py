@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import flexllm._checkpoint as cp_module
 from flexllm._checkpoint import Checkpoint
+from flexllm._record import dumps
 from flexllm.types import BatchResultItem
 
 N = 8
@@ -112,8 +113,8 @@ def test_random_runs_keep_every_finished_answer_exactly_once(runs):
 
             if r["end"] == "kill":
                 killed(checkpoint)
-                record = json.dumps({"index": 0, "status": "success", "output": "never finished",
-                                     "input": INPUTS[0]}).encode()
+                record = dumps({"index": 0, "status": "success", "output": "never finished",
+                                "input": INPUTS[0]})  # our writer's bytes (compact JSON), torn below
                 with open(path, "ab") as f:  # the write the kill interrupted
                     f.write(record[: r["torn"] % len(record)])
             else:
