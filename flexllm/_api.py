@@ -33,6 +33,13 @@ def _reply_of(item: BatchResultItem, return_usage: bool) -> Optional[Union[str, 
     return item.content
 
 
+def _refuse_events(kwargs: Dict[str, Any]) -> None:
+    """`events=` outside a stream: ValueError (it is flexllm's word, never a request parameter)."""
+    if "events" in kwargs:
+        raise ValueError("events= belongs to chat_completions_stream_sync / chat_completions_stream; "
+                         "a single call or a batch returns whole replies (return_usage=True for their parts)")
+
+
 class ClientAPI:
     """Mixin with the user-facing methods. Subclasses set `model`, `concurrency_limit` and implement hooks."""
 
@@ -86,9 +93,7 @@ class ClientAPI:
         `response_format=` a Pydantic model class returns the validated model instance (`.parsed` of the
         result with return_usage); a JSON Schema dict is validated too and the text returned as usual.
         """
-        if "events" in kwargs:
-            raise ValueError("events= belongs to chat_completions_stream_sync / chat_completions_stream; "
-                             "a single call returns the whole reply (return_usage=True for its parts)")
+        _refuse_events(kwargs)
         outcome = self._complete(check_messages(messages), self._model(model), kwargs, skip_cache=skip_cache,
                                  read_cache=not return_raw)
         if return_raw:
@@ -159,7 +164,10 @@ class ClientAPI:
                    stop: Optional[threading.Event] = None) -> Any:
         from .batch import BatchJob
 
-        return BatchJob(self._batch_runner(), self._model(model), kwargs, output_file=output_file,
+        _refuse_events(kwargs)
+        model = self._model(model)
+        self._batch_runner().check_params(model, kwargs)  # a parameter the provider refuses fails the batch now
+        return BatchJob(self._batch_runner(), model, kwargs, output_file=output_file,
                         metadata_list=metadata_list, show_progress=show_progress, flush_interval=flush_interval,
                         skip_cache=skip_cache, params_list=params_list, redo=redo, max_cost_usd=max_cost_usd,
                         stop=stop)
@@ -244,6 +252,8 @@ class ClientAPI:
         """
         from .provider_batch import ProviderBatchJob
 
+        _refuse_events(kwargs)
+        self._batch_runner().check_params(self._model(model), kwargs)
         job = ProviderBatchJob(self, self._model(model), kwargs, output_file=output_file,
                                metadata_list=metadata_list, wait=wait, fallback_online_after=fallback_online_after,
                                poll_interval=poll_interval, show_progress=show_progress, skip_cache=skip_cache)

@@ -34,6 +34,9 @@ __all__ = ["Outcome", "Pipeline", "add_usage", "result_from_hit", "wire_params"]
 
 logger = get_logger("flexllm")
 
+#: the messages a parameter check builds a request with (nothing is sent)
+_PROBE = [{"role": "user", "content": "x"}]
+
 #: a pool's retry loop standing in for the pipeline's own: `via(params)` → (result, raw, attempts made)
 Via = Callable[[Dict[str, Any]], Tuple[ChatCompletionResult, dict, int]]
 
@@ -105,15 +108,16 @@ class Pipeline(StreamingMixin):
                  transport: Optional[Transport] = None,
                  retryable: Callable[[BaseException], bool] = is_retryable,
                  rate_limit: Optional[RateLimit] = None, options: Optional[TransportOptions] = None) -> None:
-        if concurrency_limit < 1:
-            raise ValueError(f"concurrency_limit must be >= 1, got {concurrency_limit!r}")
+        if isinstance(concurrency_limit, bool) or not isinstance(concurrency_limit, (int, float)) \
+                or not concurrency_limit >= 1 or concurrency_limit != int(concurrency_limit):
+            raise ValueError(f"concurrency_limit must be a whole number >= 1, got {concurrency_limit!r}")
         if rate_limit is not None and not isinstance(rate_limit, RateLimit):
             raise TypeError(f"rate_limit must be a flexllm.RateLimit, got {type(rate_limit).__name__}")
         self.adapter = adapter
         self.concurrency_limit = int(concurrency_limit)
         self._slots = threading.BoundedSemaphore(self.concurrency_limit)
         limiters: List[Limiter] = []
-        if max_qps:  # the client's own max_qps: a private in-process budget, as before RateLimit existed
+        if max_qps is not None:  # None = no limit; 0 is refused by RateLimit. The client's own max_qps: a private in-process budget, as before RateLimit existed
             limiters.append(Limiter(RateLimit(max_qps=max_qps, shared="memory", name="max_qps"),
                                     store=MemoryStore()))
         if rate_limit is not None:
@@ -134,6 +138,11 @@ class Pipeline(StreamingMixin):
         self._cache: Optional["ResponseCache"] = None
         self._cache_opened = False
         self._cache_lock = threading.Lock()
+
+    def check_params(self, model: str, params: Dict[str, Any]) -> None:
+        """ValueError now when the adapter refuses these call parameters (e.g. a thinking level the provider
+        lacks): a batch checks its shared parameters once, before any request, instead of failing each item."""
+        self.adapter.build_request(_PROBE, model, wire_params(params))
 
     def _decode_error(self, body: bytes) -> Any:
         """An error body, decoded, without the proxy's password (a proxy may answer with its own page)."""

@@ -194,6 +194,12 @@ def _params(args: argparse.Namespace) -> Dict[str, Any]:
     return params
 
 
+def _flag_named(exc: ValueError, args: argparse.Namespace) -> str:
+    """A refused parameter's message, naming the flag it came from when it was --thinking."""
+    text = str(exc)
+    return f"--thinking {args.thinking}: {text}" if args.thinking is not None and "thinking" in text else text
+
+
 def _schema(path: Optional[str]) -> Dict[str, Any]:
     """`{"response_format": schema}` from a --schema file ({} without one); UsageError when unreadable."""
     if not path:
@@ -279,8 +285,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
             client.close()
             raise UsageError(f"--provider-batch does not take {', '.join(unsupported)} (live batches do)")
         return _provider_batch(args, client, messages_list, metadata)
-    job = client._batch_job(None, params, checkpoint, metadata, not args.no_progress, 1.0, False,
-                            params_list=params_list, redo=args.redo, max_cost_usd=args.max_cost)
+    try:  # a parameter the provider refuses (--thinking minimal for Claude) stops here, before any request
+        job = client._batch_job(None, params, checkpoint, metadata, not args.no_progress, 1.0, False,
+                                params_list=params_list, redo=args.redo, max_cost_usd=args.max_cost)
+    except ValueError as exc:
+        client.close()
+        raise UsageError(_flag_named(exc, args)) from None
     summary, code = _guarded(client, lambda: _drain_job(job, messages_list),
                              f"results so far are in {checkpoint}. Rerun the same command to resume.")
     if summary is None:
@@ -421,7 +431,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         _stdout_gone()
         return EXIT_OK
     except ValueError as exc:  # a parameter this provider does not take (e.g. --thinking minimal for Claude)
-        raise UsageError(str(exc)) from None
+        raise UsageError(_flag_named(exc, args)) from None
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     finally:

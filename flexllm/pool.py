@@ -33,7 +33,7 @@ from .errors import (
     RateLimitError,
 )
 from .ratelimit import RateLimit
-from .retry import is_retryable, retry_wait
+from .retry import check_retry_settings, is_retryable, retry_wait
 from .router import ProviderConfig, ProviderRouter
 from .types import StreamEvent
 
@@ -157,6 +157,7 @@ class LLMClientPool(ClientAPI):
             raise ValueError("give exactly one of endpoints=[{...}, ...] or clients=[...], and not an empty list")
         if rate_limit is not None and not isinstance(rate_limit, RateLimit):
             raise TypeError(f"rate_limit must be a flexllm.RateLimit, got {type(rate_limit).__name__}")
+        check_retry_settings(retry_times, retry_delay)  # the pool's own retry loop uses them, not the endpoints'
         self.fallback = fallback
         self.retry_times = int(retry_times)
         self.retry_delay = float(retry_delay)
@@ -302,19 +303,18 @@ class LLMClientPool(ClientAPI):
         limit = self.retry_times + 1
         stay: Optional[ProviderConfig] = None  # retry here after a transient answer
         last: Optional[LLMError] = None
-        retries = 0
         while True:
             cfg = None
-            if stay is not None:
-                self._wait_before_retry(last, retries)
-                retries += 1
+            if stay is not None:  # each endpoint's backoff counts its own retries (a fresh start after failover)
+                self._wait_before_retry(last, call.used[id(stay)] - 1)
                 cfg = self._acquire(call, only=stay)
             elif not call.attempts or any(id(c) not in call.used and id(c) not in call.out for c in self._configs):
                 cfg = self._acquire(call)  # the first attempt, or an untried endpoint: at once
-            elif any(id(c) not in call.out and call.used[id(c)] < limit for c in self._configs):
-                self._wait_before_retry(last, retries)  # every endpoint tried: wait like a single client
-                retries += 1
-                cfg = self._acquire(call)
+            else:
+                tried = [call.used[id(c)] for c in self._configs if id(c) not in call.out and call.used[id(c)] < limit]
+                if tried:  # every endpoint tried: wait like a single client's next retry (the least-tried one's)
+                    self._wait_before_retry(last, min(tried) - 1)
+                    cfg = self._acquire(call)
             if cfg is None:
                 raise combined_error(call.errors, call.attempts)
             client = self._client_of[id(cfg)]
@@ -404,6 +404,11 @@ class LLMClientPool(ClientAPI):
                                           read_cache=read_cache, via=via)
 
     _complete = complete
+
+    def check_params(self, model: str, params: Dict[str, Any]) -> None:
+        """ValueError now when any endpoint's provider refuses these call parameters (items would fail there)."""
+        for c in self._clients:
+            c._pipeline.check_params(model or c.model or "", params)
 
     def cached_many(self, requests: Sequence[Tuple[List[dict], str, Dict[str, Any]]]) -> List[Optional[dict]]:
         """Cache entries for many requests (the endpoints share one cache; the key ignores base_url)."""

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import email.utils
 import random
+import re
 import time
-from typing import Callable, Mapping, Optional, TypeVar
+from typing import Any, Callable, Mapping, Optional, TypeVar
 
 import tenacity
 
 from . import _cancel
 from ._constants import JITTER_MIN, MAX_BACKOFF_FACTOR, MAX_RETRY_AFTER, RETRY_STATUSES
 from ._logging import get_logger
-from ._ratelimit_headers import parse_duration
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -26,7 +26,8 @@ from .errors import (
     StreamTruncatedError,
 )
 
-__all__ = ["RetryPolicy", "backoff_delay", "is_retryable", "parse_retry_after", "ratelimit_reset", "retry_wait"]
+__all__ = ["RetryPolicy", "backoff_delay", "check_retry_settings", "is_retryable", "parse_retry_after",
+           "ratelimit_reset", "retry_wait"]
 
 logger = get_logger(__name__)
 T = TypeVar("T")
@@ -35,6 +36,16 @@ T = TypeVar("T")
 def _positive(value: Optional[float]) -> Optional[float]:
     """A usable wait: finite and above zero. 0 ("retry now"), negative, NaN or infinite → None (our backoff)."""
     return value if value is not None and 0.0 < value < float("inf") else None
+
+
+def check_retry_settings(retry_times: Any, retry_delay: Any) -> None:
+    """ValueError naming the setting unless retry_times is a whole number >= 0 and retry_delay finite >= 0
+    (a negative or NaN delay would only fail later, inside the first retry's sleep)."""
+    if isinstance(retry_times, bool) or not isinstance(retry_times, (int, float)) or retry_times < 0 \
+            or retry_times != int(retry_times):
+        raise ValueError(f"retry_times must be a whole number >= 0, got {retry_times!r}")
+    if isinstance(retry_delay, bool) or not isinstance(retry_delay, (int, float)) or not 0 <= retry_delay < float("inf"):
+        raise ValueError(f"retry_delay must be a finite number of seconds >= 0, got {retry_delay!r}")
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now: Optional[float] = None) -> Optional[float]:
@@ -68,11 +79,21 @@ def parse_retry_after(headers: Mapping[str, str], *, now: Optional[float] = None
 
 
 _RELAY_PREFIXES = ("", "llm_provider-")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def _duration(value: str) -> Optional[float]:
     """Seconds in an `x-ratelimit-reset-*` value: OpenAI's "1m30s" / "250ms" / "2.5s", or plain seconds."""
-    return _positive(parse_duration(value))  # 0 or garbage: no hint
+    value = value.strip()
+    try:
+        return _positive(float(value))
+    except ValueError:
+        pass
+    parts = _DURATION.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        return None  # not a duration we understand (a date, garbage): no hint
+    return _positive(sum(float(n) * _UNIT[u] for n, u in parts))
 
 
 def ratelimit_reset(headers: Mapping[str, str]) -> Optional[float]:
@@ -144,8 +165,7 @@ class RetryPolicy:
                  sleep: Callable[[float], None] = time.sleep,
                  rng: Callable[[], float] = random.random,
                  retryable: Callable[[BaseException], bool] = is_retryable) -> None:
-        if retry_times < 0:
-            raise ValueError(f"retry_times must be >= 0, got {retry_times!r}")
+        check_retry_settings(retry_times, retry_delay)
         self.retry_times = int(retry_times)
         self.retry_delay = float(retry_delay)
         self._rng = rng

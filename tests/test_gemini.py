@@ -1,4 +1,5 @@
 """Gemini: the pure adapter's mappings, and every client method over real HTTP against flexllm.mock."""
+import os
 import datetime
 import logging
 import threading
@@ -281,3 +282,36 @@ def test_vertex_over_http_uses_bearer_token_and_vertex_path(server):
     rec = server.requests[-1]
     assert rec.path == "/v1/projects/proj/locations/us-central1/publishers/google/models/gemini-2.5-pro:generateContent"
     assert rec.headers["authorization"].startswith("<redacted") and "x-goog-api-key" not in rec.headers
+
+
+_VERTEX_PROBE = """
+import traceback
+from flexllm import GeminiClient
+try:
+    GeminiClient(project_id="proj", use_vertex_ai=True)
+except ValueError as exc:
+    print("ValueError", repr(exc), str(exc))
+    traceback.print_exc()
+"""
+
+
+@pytest.mark.parametrize("file_text", [None, '{"type": "service_account", "private_key": "SECRET-KEY-xyz"}'])
+def test_vertex_without_credentials_is_a_clear_value_error_at_construction(tmp_path, file_text):
+    """No Application Default Credentials (or a broken key file): flexllm's own ValueError saying what to
+    configure, not google-auth's DefaultCredentialsError; nothing of the key file in it. A subprocess keeps
+    google-auth away from this machine's gcloud config and the GCE metadata server."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("google.auth")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "GCLOUD", "CLOUDSDK"))}
+    env.update(NO_GCE_CHECK="true", CLOUDSDK_CONFIG=str(tmp_path / "gcloud"), PYTHONPATH=os.getcwd())
+    if file_text is not None:
+        (tmp_path / "key.json").write_text(file_text)
+        env["GOOGLE_APPLICATION_CREDENTIALS"] = str(tmp_path / "key.json")
+    res = subprocess.run([sys.executable, "-c", _VERTEX_PROBE], capture_output=True, text=True, env=env, timeout=60)
+    out = res.stdout + res.stderr
+    assert res.stdout.startswith("ValueError"), out  # like a missing api_key: a configuration error
+    assert "access_token=" in res.stdout and "GOOGLE_APPLICATION_CREDENTIALS" in res.stdout
+    assert "DefaultCredentialsError" not in res.stderr  # not chained: the traceback is flexllm's alone
+    assert "SECRET-KEY" not in out

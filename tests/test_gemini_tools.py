@@ -96,3 +96,22 @@ def test_tool_round_trip_over_http(server):
     assert c.chat_completions_sync(follow, tools=[TOOL]).startswith("echo:")
     sent = server.requests[-1].body
     assert sent["contents"][-1]["parts"][0]["functionResponse"]["name"] == "get_weather"
+
+
+def test_a_tool_result_whose_id_matches_no_earlier_call_is_refused_before_any_request(server):
+    """Gemini needs the function's name: an unmatched tool_call_id used to be sent as the name."""
+    c = GeminiClient(api_key="test-key-123", base_url=server.root_url, model="gemini-2.5-flash", retry_times=0)
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    orphan = [{"role": "user", "content": "weather?"},
+              {"role": "assistant", "content": None, "tool_calls": [call]},
+              {"role": "tool", "tool_call_id": "call_typo", "content": "21C"}]
+    with pytest.raises(ValueError, match="call_typo"):
+        c.chat_completions_sync(orphan, tools=[TOOL])
+    assert len(server.requests) == 0
+    matched = orphan[:2] + [{"role": "tool", "tool_call_id": "call_1", "content": "21C"}]
+    results, summary = c.chat_completions_batch_sync([orphan, matched], tools=[TOOL], show_progress=False,
+                                                     return_summary=True)
+    assert results[0] is None and results[1].startswith("echo:")  # that item fails alone
+    assert summary["failed"] == 1 and summary["errors"] == {"ValueError": 1}
+    assert len(server.requests) == 1
+    assert server.requests[0].body["contents"][-1]["parts"][0]["functionResponse"]["name"] == "get_weather"

@@ -248,3 +248,23 @@ def test_one_call_makes_at_most_retry_times_plus_one_attempts_per_endpoint(serve
                          retry_times=3, retry_delay=0.01)
     _, summary = pool.chat_completions_batch_sync([user("once")], show_progress=False, return_summary=True)
     assert summary["success"] == 1 and summary["retries"] == 1 == len(flaky.requests) - 1
+
+
+def test_each_endpoints_retries_start_their_backoff_afresh(servers):
+    """An endpoint tried after another one's retries ran out waits like a first retry (~retry_delay), not
+    where the other endpoint's backoff left off (~8·retry_delay). Counted through the sleep seam."""
+    from flexllm import ServerError
+
+    slow, flaky, _ = servers
+    slow.add_rule(status=503)
+    flaky.add_rule(status=503)
+    waits = []
+    pool = LLMClientPool(endpoints=[{"base_url": slow.url, "model": "m"}, {"base_url": flaky.url, "model": "m"}],
+                         retry_times=3, retry_delay=1.0, failure_threshold=10, sleep=waits.append)
+    with pytest.raises(ServerError):
+        pool.chat_completions_sync(user("x"))
+    assert len(slow.requests) == 4 and len(flaky.requests) == 4
+    # jittered backoff U(0.75, 1)·min(2^k, 8): per endpoint 0.75–1, 1.5–2, 3–4, then the next endpoint anew
+    bounds = [(0.75, 1.0), (1.5, 2.0), (3.0, 4.0)] * 2
+    assert len(waits) == 6, waits
+    assert all(lo <= w <= hi for w, (lo, hi) in zip(waits, bounds)), waits

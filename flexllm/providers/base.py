@@ -22,7 +22,7 @@ MAX_ERROR_TEXT = 500
 
 #: words a caller may pass that are for flexllm, never for the request body
 LIBRARY_KWARGS = frozenset({"skip_cache", "metadata", "thinking", "thinking_style", "timeout", "return_raw",
-                            "return_usage", "validation_retries"})
+                            "return_usage", "validation_retries", "events"})
 
 
 def clean_secret(value: Optional[str], name: str = "api_key") -> str:

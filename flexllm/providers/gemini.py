@@ -174,9 +174,14 @@ def to_contents(messages: List[dict]) -> Tuple[List[Dict[str, Any]], Optional[Di
                 payload = json.loads(payload) if isinstance(payload, str) else payload
             except ValueError:
                 pass
+            call_id = m.get("tool_call_id")
+            name = m.get("name") or names.get(call_id if isinstance(call_id, str) else "")
+            if not name:  # Gemini matches a result to its call by the function's name: never guess one
+                raise ValueError(f"tool message with tool_call_id {call_id!r} matches no earlier assistant tool "
+                                 "call; keep the assistant message with its tool_calls, or give the tool message "
+                                 "the function's name")
             part = {"functionResponse": {
-                "name": m.get("name") or names.get(m.get("tool_call_id") or "") or m.get("tool_call_id") or "tool",
-                "response": payload if isinstance(payload, dict) else {"result": payload}}}
+                "name": name, "response": payload if isinstance(payload, dict) else {"result": payload}}}
             last = contents[-1] if contents else None
             if last is not None and last["role"] == "user" and last["parts"] and \
                     all("functionResponse" in p for p in last["parts"]):

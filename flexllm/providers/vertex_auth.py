@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -41,7 +42,17 @@ class VertexTokenProvider:
         except ImportError:
             raise LLMError('Vertex AI needs google-auth: pip install "flexllm[vertex]", '
                            "or pass access_token=", provider="gemini") from None
-        credentials, _ = google.auth.default(scopes=SCOPES)
+        from google.auth.exceptions import DefaultCredentialsError
+
+        try:
+            credentials, _ = google.auth.default(scopes=SCOPES)
+        except DefaultCredentialsError:  # its text may quote a broken key file: name what to configure instead
+            path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+            found = f"GOOGLE_APPLICATION_CREDENTIALS={path} could not be loaded as credentials" if path else \
+                "no Google Cloud credentials were found"
+            raise ValueError(f"Vertex AI: {found}; pass access_token= or credentials=, set "
+                             "GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or run "
+                             "`gcloud auth application-default login`") from None
         return credentials
 
     def _stale(self) -> bool:

@@ -1,0 +1,83 @@
+"""Arguments flexllm cannot honour are refused before any request (or never reach the wire), not per item.
+
+Each test talks to the real mock server over HTTP and checks what it received.
+"""
+import pytest
+
+from flexllm import ClaudeClient, LLMClient, LLMClientPool
+
+from .conftest import user
+from .test_cli import run, write_input
+
+
+def claude(server, **kw):
+    return ClaudeClient(api_key="sk-ant-test", base_url=server.root_url, model="claude-haiku-4-5",
+                        retry_delay=0.01, **kw)
+
+
+def test_a_thinking_level_claude_cannot_honour_fails_the_batch_before_any_request(server, tmp_path):
+    for client in (claude(server),
+                   LLMClientPool(endpoints=[{"base_url": server.root_url, "model": "claude-haiku-4-5",
+                                             "provider": "anthropic", "api_key": "sk-ant-test"}])):
+        with pytest.raises(ValueError, match="thinking"):
+            client.chat_completions_batch_sync([user("a"), user("b")], thinking="minimal", show_progress=False,
+                                               output_file=str(tmp_path / "out.jsonl"))
+        with pytest.raises(ValueError, match="thinking"):
+            list(client.iter_chat_completions_batch([user("a")], thinking="minimal", show_progress=False))
+    assert len(server.requests) == 0
+    assert not (tmp_path / "out.jsonl").exists() or (tmp_path / "out.jsonl").read_bytes() == b""
+
+
+def test_cli_batch_with_a_thinking_level_claude_cannot_honour_is_a_usage_error(server, tmp_path):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(inp, 3)
+    res = run("batch", str(inp), "-o", str(out), "--model", "claude-haiku-4-5", "--provider", "anthropic",
+              "--base-url", server.root_url, "--thinking", "minimal", env={"ANTHROPIC_API_KEY": "sk-ant-test"})
+    assert res.returncode == 2, res.stderr
+    assert "--thinking" in res.stderr and "Traceback" not in res.stderr
+    assert len(server.requests) == 0
+
+
+def test_events_never_reaches_the_request_body(server):
+    """`events=` is a stream option (a library word): a non-stream call or batch refuses it before any
+    request; a per-item params entry holding it fails that item without sending it."""
+    client = LLMClient(model="m", base_url=server.url, retry_delay=0.01)
+    pool = LLMClientPool(endpoints=[{"base_url": server.url, "model": "m"}], retry_delay=0.01)
+    for c in (client, pool):
+        with pytest.raises(ValueError, match="events"):
+            c.chat_completions_sync(user("a"), events=True)
+        with pytest.raises(ValueError, match="events"):
+            c.chat_completions_batch_sync([user("a")], events=True, show_progress=False)
+    assert len(server.requests) == 0
+    results = client.chat_completions_batch_sync([user("a"), user("b")], params_list=[{"events": True}, None],
+                                                 show_progress=False)
+    assert results[1] == "echo: b"
+    assert all("events" not in r.body for r in server.requests), [r.body for r in server.requests]
+    for event in client.chat_completions_stream_sync(user("s"), events=True):
+        pass
+    assert all("events" not in r.body for r in server.requests)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"max_qps": 0}, "max_qps"),  # None is "no limit" (API reference); 0 is refused like RateLimit(max_qps=0)
+    ({"max_qps": -1}, "max_qps"),
+    ({"timeout": 0}, "timeout"), ({"timeout": -5}, "timeout"),
+    ({"retry_delay": -1}, "retry_delay"), ({"retry_delay": float("nan")}, "retry_delay"),
+    ({"retry_delay": float("inf")}, "retry_delay"),
+    ({"retry_times": -1}, "retry_times"), ({"retry_times": 1.5}, "retry_times"),
+    ({"concurrency_limit": 0}, "concurrency_limit"), ({"concurrency_limit": 2.5}, "concurrency_limit"),
+])
+def test_nonsense_client_settings_are_refused_at_construction(server, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        LLMClient(model="m", base_url=server.url, **kwargs)
+    with pytest.raises(ValueError, match=name):
+        LLMClientPool(endpoints=[{"base_url": server.url, "model": "m"}], **kwargs)
+
+
+def test_a_pool_of_given_clients_checks_its_own_retry_settings(server):
+    clients = [LLMClient(model="m", base_url=server.url)]
+    for kwargs in ({"retry_delay": -1}, {"retry_times": -1}):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            LLMClientPool(clients=clients, **kwargs)
+    assert LLMClient(model="m", base_url=server.url, retry_delay=0, max_qps=None).chat_completions_sync(user("z")) \
+        == "echo: z"  # 0 s between retries and no rate limit stay valid
