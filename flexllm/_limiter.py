@@ -1,25 +1,26 @@
 """The rate limiter: the interface shared by the request pipeline and the pool (DESIGN §12).
 
 `Limiter` is a `RateLimit` in use in this process: `acquire` (reserve a start and its tokens, sleep
-until then), `try_acquire` (only if free now), `settle` (learn from the reply: real token usage,
-provider rate-limit headers, a 429's retry delay), `delay` (how long a start would wait now). The
-state lives in a store (`_stores`), so every thread, process or host naming the same store and name
-shares one budget. `AdaptiveWindow` is the opt-in AIMD policy on the in-flight count, on top of it.
+until then), `try_acquire` (only if free now), `settle` (learn from the reply: real token usage, the
+provider's rate-limit headers as `_ratelimit_headers` reads them, a 429's retry delay), `delay` (how
+long a start would wait now). The state lives in a store (`_stores`), so every thread, process or host
+naming the same store and name shares one budget. `AdaptiveWindow` is the opt-in AIMD policy on the
+in-flight count, on top of it.
 """
 from __future__ import annotations
 
-import email.utils
 import os
-import re
 import threading
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ._constants import MAX_RETRY_AFTER, QPS_SAFETY_MARGIN, SHARED_QPS_SAFETY_MARGIN
 from ._logging import get_logger
+from ._ratelimit_headers import provider_waits
 from ._stores import Dims, MemoryStore, RateLimitStoreError, StoreUnavailable, open_store, safe_url
 from .errors import QuotaExceededError, RateLimitError
 from .ratelimit import RateLimit
+from .retry import parse_retry_after
 
 __all__ = ["AdaptiveWindow", "BudgetStats", "Limiter", "Reservation", "TokenNeed", "limiter_for", "take_turns"]
 
@@ -30,7 +31,6 @@ TokenNeed = Tuple[int, Optional[int]]
 _STORE_POLL = 0.5  # seconds between tries while a shared store is unreachable
 _FALLBACK_RETRY = 30.0  # seconds on the local fallback before trying the shared store again
 _TURN_FRACTION = 0.97  # shared turns at 97 % of the interval: even catching up, 21 starts span > 1 s
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
 class Reservation:
@@ -69,92 +69,8 @@ class BudgetStats:
                     "tokens_used": self.tokens_used, "rate_limited_429": self.rate_limited}
 
 
-def parse_duration(value: str) -> Optional[float]:
-    """Seconds in an OpenAI reset value ("1s", "6m0s", "20ms", "1h2m3.5s", "0.5")."""
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    total, end = 0.0, 0
-    for m in _DURATION.finditer(value):
-        if m.start() != end:
-            return None
-        total += float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2)]
-        end = m.end()
-    return total if end == len(value) and end else None
-
-
-def _reset_seconds(value: Optional[str]) -> Optional[float]:
-    """A reset given as a duration (OpenAI) or an RFC 3339 / HTTP date (Anthropic), in seconds from now."""
-    if not value:
-        return None
-    seconds = parse_duration(value)
-    if seconds is not None:
-        return seconds
-    try:
-        from datetime import datetime
-
-        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        parsed = email.utils.parsedate_tz(value)
-        if parsed is None:
-            return None
-        when = email.utils.mktime_tz(parsed)
-    return max(0.0, when - time.time())
-
-
-def _number(value: Optional[str]) -> Optional[float]:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-#: (remaining, limit, reset) header names per dimension kind, OpenAI then Anthropic
-_HEADERS = {
-    "requests": (("x-ratelimit-remaining-requests", "x-ratelimit-limit-requests", "x-ratelimit-reset-requests"),
-                 ("anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-requests-limit",
-                  "anthropic-ratelimit-requests-reset")),
-    "tokens": (("x-ratelimit-remaining-tokens", "x-ratelimit-limit-tokens", "x-ratelimit-reset-tokens"),
-               ("anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-limit",
-                "anthropic-ratelimit-tokens-reset"),
-               ("anthropic-ratelimit-input-tokens-remaining", "anthropic-ratelimit-input-tokens-limit",
-                "anthropic-ratelimit-input-tokens-reset")),
-}
-
-
-def provider_waits(headers: Mapping[str, str], need: Mapping[str, float]) -> Dict[str, float]:
-    """Seconds until the provider's own limits allow the next request, per kind ("requests", "tokens").
-
-    From `x-ratelimit-*` (OpenAI) or `anthropic-ratelimit-*`: with `remaining` below what one more
-    request needs (`need[kind]`), the wait is the time the provider takes to refill the difference
-    (`(limit - remaining) / reset` per second), or the whole reset when the limit is not given.
-    """
-    waits: Dict[str, float] = {}
-    for kind, names in _HEADERS.items():
-        for remaining_h, limit_h, reset_h in names:
-            remaining = _number(headers.get(remaining_h))
-            if remaining is None:
-                continue
-            want = need.get(kind, 1.0)
-            if remaining >= want:
-                break
-            reset = _reset_seconds(headers.get(reset_h))
-            if not reset:
-                break
-            limit = _number(headers.get(limit_h))
-            refill = (limit - remaining) / reset if limit and limit > remaining else 0.0
-            wait = (want - remaining) / refill if refill > 0 else reset
-            waits[kind] = min(wait, reset, MAX_RETRY_AFTER)
-            break
-    return waits
-
-
 def retry_hint(exc: BaseException) -> Optional[float]:
     """The retry delay a 429 carried (Retry-After and friends, Gemini RetryInfo), in seconds."""
-    from .retry import parse_retry_after
-
     headers = getattr(exc, "headers", None) or {}
     hint = parse_retry_after(headers)
     if hint is None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import email.utils
 import random
-import re
 import time
 from typing import Any, Callable, Mapping, Optional, TypeVar
 
@@ -17,6 +16,7 @@ import tenacity
 from . import _cancel
 from ._constants import JITTER_MIN, MAX_BACKOFF_FACTOR, MAX_RETRY_AFTER, RETRY_STATUSES
 from ._logging import get_logger
+from ._ratelimit_headers import parse_duration
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -79,21 +79,11 @@ def parse_retry_after(headers: Mapping[str, str], *, now: Optional[float] = None
 
 
 _RELAY_PREFIXES = ("", "llm_provider-")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def _duration(value: str) -> Optional[float]:
     """Seconds in an `x-ratelimit-reset-*` value: OpenAI's "1m30s" / "250ms" / "2.5s", or plain seconds."""
-    value = value.strip()
-    try:
-        return _positive(float(value))
-    except ValueError:
-        pass
-    parts = _DURATION.findall(value)
-    if not parts or "".join(n + u for n, u in parts) != value:
-        return None  # not a duration we understand (a date, garbage): no hint
-    return _positive(sum(float(n) * _UNIT[u] for n, u in parts))
+    return _positive(parse_duration(value))  # 0 or garbage: no hint
 
 
 def ratelimit_reset(headers: Mapping[str, str]) -> Optional[float]:

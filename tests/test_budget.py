@@ -9,7 +9,8 @@ import pytest
 from flexllm._constants import QPS_SAFETY_MARGIN
 
 from flexllm import LLMClient, RateLimit, RateLimitError
-from flexllm._limiter import AdaptiveWindow, Limiter, limiter_for, parse_duration, provider_waits
+from flexllm._limiter import AdaptiveWindow, Limiter, limiter_for
+from flexllm._ratelimit_headers import parse_duration, provider_waits
 from flexllm._stores import MemoryStore
 
 from .conftest import FakeClock, user
