@@ -16,6 +16,7 @@ import certifi
 __all__ = ["TransportOptions"]
 
 PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
+_DEFAULT_PORTS = {"http": 80, "https": 443, "socks5": 1080, "socks5h": 1080}
 Verify = Union[bool, str, "os.PathLike[str]", ssl.SSLContext]
 
 
@@ -90,6 +91,16 @@ class TransportOptions:
         verify = self.verify if not isinstance(self.verify, ssl.SSLContext) else "SSLContext(...)"
         proxy = _masked(self.proxy) if self.proxy else None
         return f"TransportOptions(proxy={proxy!r}, verify={verify!r}, http2={self.http2})"
+
+    @property
+    def proxy_at(self) -> Optional[str]:
+        """The proxy's `host:port` (never its credentials), for errors about reaching it; None without one."""
+        if not self.proxy:
+            return None
+        parts = urlsplit(self.proxy)
+        host = parts.hostname or ""
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower(), 0)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     @property
     def has_secrets(self) -> bool:

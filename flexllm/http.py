@@ -57,11 +57,15 @@ def _without_frames(exc: BaseException) -> BaseException:
 
 
 @contextlib.contextmanager
-def _mapped(provider: str, model: str, redact: Callable[[str], str]) -> Iterator[None]:
+def _mapped(provider: str, model: str, redact: Callable[[str], str], proxy_at: Optional[str] = None) -> Iterator[None]:
+    """httpx's exceptions as ours; `proxy_at` (host:port of proxy=) is named when connecting to it failed
+    (through a proxy every connection goes to the proxy, so a refused or timed-out connect is the proxy's)."""
     try:
         yield
     except httpx.TimeoutException as exc:
-        raise APITimeoutError(redact(f"request timed out ({type(exc).__name__}: {exc})"),
+        what = f"could not connect to the proxy {proxy_at} in time" \
+            if proxy_at and isinstance(exc, httpx.ConnectTimeout) else "request timed out"
+        raise APITimeoutError(redact(f"{what} ({type(exc).__name__}: {exc})"),
                               provider=provider, model=model) from _without_frames(exc)
     except (httpx.LocalProtocolError, UnicodeEncodeError) as exc:
         # a header that cannot be sent: our request is wrong, so no retry; its text would quote the value
@@ -69,7 +73,9 @@ def _mapped(provider: str, model: str, redact: Callable[[str], str]) -> Iterator
                        "a control character or non-ASCII text; check api_key, default_headers and extra_headers",
                        provider=provider, model=model) from None
     except (httpx.TransportError, httpx.StreamError) as exc:
-        raise APIConnectionError(redact(f"connection failed ({type(exc).__name__}: {exc})"),
+        what = f"could not connect to the proxy {proxy_at}" if proxy_at and isinstance(exc, httpx.ConnectError) \
+            else "connection failed"
+        raise APIConnectionError(redact(f"{what} ({type(exc).__name__}: {exc})"),
                                  provider=provider, model=model) from _without_frames(exc)
 
 
@@ -148,6 +154,7 @@ class Transport:
         # abandoned by a cancelled await gave its slot back while still on the wire: it must not block either)
         self._limits = httpx.Limits(max_connections=None, max_keepalive_connections=max_connections)
         self._redact = redact
+        self._proxy_at = self._options.proxy_at  # named in "could not connect to the proxy host:port" errors
         self._factory = client_factory
         self._lock = threading.Lock()
         self._nshards = 1 if client_factory else max(1, -(-max_connections // self.SHARD_CONNECTIONS))
@@ -193,7 +200,7 @@ class Transport:
 
     def prepare(self, spec: RequestSpec, *, model: str = "") -> "httpx.Request | _h1.Prepared":
         """Build (and encode) the request ahead of time, so nothing slow sits between rate-limit and wire."""
-        with _mapped(self.provider, model, self._redact):
+        with _mapped(self.provider, model, self._redact, self._proxy_at):
             lean = self._origin(spec.url) if self._lean else None
             if lean is None:
                 return self._request(spec)
@@ -276,9 +283,9 @@ class Transport:
         if isinstance(request, RequestSpec):
             request = self.prepare(request, model=model)
         if isinstance(request, _h1.Prepared):
-            with _mapped(self.provider, model, self._redact):
+            with _mapped(self.provider, model, self._redact, self._proxy_at):
                 return request.origin.send(request)
-        with _mapped(self.provider, model, self._redact):
+        with _mapped(self.provider, model, self._redact, self._proxy_at):
             if isinstance(request, RequestSpec):
                 request = self._request(request)
             self._arm(request)
@@ -299,14 +306,14 @@ class Transport:
             kwargs["files"], kwargs["data"] = files, data
         if timeout:
             kwargs["timeout"] = httpx.Timeout(timeout, connect=min(DEFAULT_CONNECT_TIMEOUT, timeout))
-        with _mapped(self.provider, model, self._redact):
+        with _mapped(self.provider, model, self._redact, self._proxy_at):
             response = self._get_client().request(method, url, **kwargs)
             return response.status_code, response.headers, response.content
 
     @contextlib.contextmanager
     def stream(self, spec: RequestSpec, *, model: str) -> Iterator[Tuple[int, Mapping[str, str], Iterator[str]]]:
         """Open a streaming request: (status, headers, iterator of text lines). Closes on exit."""
-        with _mapped(self.provider, model, self._redact):
+        with _mapped(self.provider, model, self._redact, self._proxy_at):
             request = self._request(spec)
             self._arm(request)
             response = self._watch(self._get_client().send(request, stream=True), request)
@@ -329,7 +336,7 @@ class Transport:
 
     def _lines(self, response: httpx.Response, request: httpx.Request, model: str) -> Iterator[str]:
         arm = self._arm
-        with _mapped(self.provider, model, self._redact):
+        with _mapped(self.provider, model, self._redact, self._proxy_at):
             for line in response.iter_lines():
                 arm(request)  # the deadline is per gap between lines, not for the whole stream
                 yield line

@@ -165,3 +165,33 @@ def test_pool_endpoints_take_transport_options(server):
             [f"echo: q{i}" for i in range(4)]
         assert len(first.forwarded) + len(second.forwarded) == 4
         assert first.forwarded and second.forwarded  # the endpoint's own proxy wins over the pool's
+
+
+def test_a_dead_proxy_is_named_as_the_proxy_without_its_password(server, caplog):
+    """Nothing listens at the proxy address: the error says the proxy could not be reached (host:port),
+    for single calls, streams and HTTPS targets alike, and never holds the proxy's password."""
+    import socket
+    import traceback
+
+    caplog.set_level(logging.DEBUG)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    proxy = f"http://alice:{PASSWORD}@127.0.0.1:{port}"
+    c = OpenAIClient(base_url=server.url, model="m", retry_times=0, proxy=proxy)
+    calls = (lambda: c.chat_completions_sync(user("x")), lambda: list(c.chat_completions_stream_sync(user("x"))),
+             lambda: OpenAIClient(base_url="https://127.0.0.1:9/v1", model="m", retry_times=0,
+                                  proxy=proxy).chat_completions_sync(user("x")))
+    for call in calls:
+        with pytest.raises(APIConnectionError) as info:
+            call()
+        exc = info.value
+        assert "proxy" in exc.message and f"127.0.0.1:{port}" in exc.message, exc.message
+        shown = str(exc) + repr(exc) + exc.message + "".join(traceback.format_exception(exc)) + caplog.text
+        assert PASSWORD not in shown and B64 not in shown
+    assert len(server.requests) == 0
+    # without a proxy the wording stays about the server
+    with pytest.raises(APIConnectionError) as info:
+        OpenAIClient(base_url=f"http://127.0.0.1:{port}/v1", model="m", retry_times=0).chat_completions_sync(user("x"))
+    assert "proxy" not in info.value.message
