@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import functools
 import itertools
-import queue
 import signal
 import threading
 import time
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from . import _cancel
@@ -26,6 +24,7 @@ from ._messages import check_messages, find_lone_surrogate
 from ._pipeline import result_from_hit
 from ._record import to_item
 from ._stores import RateLimitStoreError
+from ._workers import Workers
 from .errors import AuthenticationError, QuotaExceededError
 from .pricing import get_model_pricing
 from .progress import BatchProgress
@@ -77,6 +76,7 @@ class BatchJob:
         self._closed = False
         self._meta_iter: Optional[Iterator[Optional[dict]]] = None  # metadata_list given as an iterator
         self._meta_differs = 0
+        self._kept = 0  # answers that were in flight when the batch was stopped, and were kept
 
     # -- public --------------------------------------------------------------------------------------
     def run(self, messages_list: Iterable[Any]) -> Iterator[BatchResultItem]:
@@ -145,10 +145,8 @@ class BatchJob:
         progress = BatchProgress(self.total, enabled=self.show_progress,
                                  show_cost=self.budget is not None or get_model_pricing(self._priced(self.model)) is not None,
                                  status=getattr(self.runner, "budget_status", None))
-        done_q: "queue.SimpleQueue[Future]" = queue.SimpleQueue()
-        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flexllm-batch",
-                                      initializer=_cancel.bind, initargs=(self._scope,))
-        pending: set = set()  # submitted and not yet recorded
+        pool = Workers(workers, self._work, name="flexllm-batch",
+                       initializer=functools.partial(_cancel.bind, self._scope))
         interrupted = consumer_left = completed = False
         restore = _sigterm_as_interrupt()
         try:
@@ -161,24 +159,25 @@ class BatchJob:
                         self._record(item, checkpoint, progress, messages)
                         yield item
                         continue
-                    while len(pending) >= window:
-                        yield from self._finish(done_q.get(), pending)
+                    while pool.outstanding >= window:
+                        done = pool.take()  # re-raises a failure to write the output file
+                        if done is not None:
+                            yield done
                     if self._stop.is_set() or self._capped.is_set():
                         break
-                    future = executor.submit(self._work, *messages, checkpoint, progress)
-                    pending.add(future)
-                    future.add_done_callback(done_q.put)
+                    pool.submit(*messages, checkpoint, progress)
                 if self._stop.is_set() or self._capped.is_set():
                     break
-            while pending:
-                yield from self._finish(done_q.get(), pending)
+            while pool.outstanding:
+                done = pool.take()
+                if done is not None:
+                    yield done
             completed = True
         except KeyboardInterrupt:
             interrupted = True
             self._stop.set()
             self.stopped_reason = "interrupted"
-            executor.shutdown(wait=False, cancel_futures=True)  # queued items never start
-            self._drain(pending)
+            self._drain(pool)  # queued items never start: the stop is checked before each one
             raise
         except GeneratorExit:  # the consumer stopped iterating: answers in flight are still written
             consumer_left = True
@@ -189,24 +188,24 @@ class BatchJob:
             restore()
             if self._stop.is_set() and self.stopped_reason is None:
                 self.stopped_reason = "cancelled"
-            executor.shutdown(wait=False, cancel_futures=True)  # queued items never start
-            running = [f for f in pending if not f.done()]
-            close = functools.partial(self._close, running, executor, progress, checkpoint, started,
+            in_flight = pool.running
+            close = functools.partial(self._close, pool, in_flight, progress, checkpoint, started,
                                       interrupted, completed and not self._stop.is_set())
-            if consumer_left and running:  # never make the consumer's `break` wait on the network
-                logger.warning("batch stopped by its consumer: %d request(s) in flight will be kept%s when they "
-                               "finish; items not started are not; rerun to resume", len(running),
-                               f" in {checkpoint.path}" if checkpoint else "")
+            if consumer_left and pool.outstanding:  # never make the consumer's `break` wait on the network
+                if in_flight:
+                    logger.warning("batch stopped by its consumer: %d request(s) in flight will be kept%s when they "
+                                   "finish; items not started are not; rerun to resume", in_flight,
+                                   f" in {checkpoint.path}" if checkpoint else "")
                 threading.Thread(target=close, name="flexllm-batch-close").start()
             else:
                 close()
 
-    def _close(self, running: List[Future], executor: ThreadPoolExecutor, progress: BatchProgress,
-               checkpoint: Optional[Checkpoint], started: float, interrupted: bool, compact: bool) -> None:
+    def _close(self, pool: Workers, in_flight: int, progress: BatchProgress, checkpoint: Optional[Checkpoint],
+               started: float, interrupted: bool, compact: bool) -> None:
         """Let the requests in flight record their answers, then close progress and file (and compact)."""
         if not interrupted:
-            wait(running)
-        executor.shutdown(wait=not interrupted)
+            self._kept += pool.drain()
+        pool.close(wait=not interrupted)
         self._elapsed = time.perf_counter() - started
         start = self._rate_budget_at_start
         self.rate_budget = {k: v - start.get(k, 0) for k, v in self._budget_snapshot().items()}
@@ -219,22 +218,20 @@ class BatchJob:
             logger.warning("%d resumed item(s) kept the metadata stored with them, which differs from "
                            "metadata_list (delete their records to redo them with the new metadata)",
                            self._meta_differs)
-        if interrupted or (running and self.stopped_reason == "consumer stopped"):
-            kept = sum(1 for f in running if f.done() and not f.cancelled() and f.exception() is None
-                       and f.result() is not None)
+        if interrupted or (in_flight and self.stopped_reason == "consumer stopped"):
+            kept = self._kept
             logger.warning("batch %s: results so far are kept%s (%d answer(s) that were in flight "
                            "included); rerun to resume", "interrupted" if interrupted else "stopped by its consumer",
                            f" in {checkpoint.path}" if checkpoint else "", kept)
 
-    def _drain(self, pending: set) -> None:
+    def _drain(self, pool: Workers) -> None:
         """After Ctrl-C/SIGTERM: keep the answers already on their way; a second Ctrl-C abandons them."""
-        running = [f for f in pending if not f.cancelled()]
-        if not running:
+        if not pool.outstanding:
             return
         logger.warning("interrupted: waiting for %d request(s) in flight to keep their results "
-                       "(Ctrl-C again to abandon them)", len(running))
+                       "(Ctrl-C again to abandon them)", pool.running)
         try:
-            wait(running)  # their workers record them
+            self._kept += pool.drain()
         except KeyboardInterrupt:
             abort = getattr(self.runner, "abort", None)
             if abort is not None:
@@ -359,17 +356,6 @@ class BatchJob:
     def _priced(self, model: str) -> str:
         """The model name prices are looked up by (a pool's items run on its endpoints' model)."""
         return model or getattr(self.runner, "model", None) or ""
-
-    def _finish(self, future: Future, pending: set) -> Iterator[BatchResultItem]:
-        """Hand a finished item to the consumer (it was recorded by its worker already)."""
-        if future not in pending:
-            return
-        pending.discard(future)
-        if future.cancelled():
-            return
-        item = future.result()  # re-raises a failure to write the output file
-        if item is not None:
-            yield item
 
     def _record(self, item: BatchResultItem, checkpoint: Optional[Checkpoint], progress: BatchProgress,
                 messages: Any = None, cost: float = 0.0) -> None:

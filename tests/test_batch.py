@@ -291,3 +291,21 @@ def test_results_reach_the_file_while_a_slow_input_is_still_being_read(server, t
         more.set()
         runner.join(30)
     assert sorted(r["index"] for r in read_records(out)) == [0, 1, 2, 3]
+
+
+def test_worker_threads_match_the_work_and_are_gone_after_the_batch(server):
+    # a 3-item batch on a client allowed 1,000 requests at once starts 3 workers, not 1,000; none outlives it
+    seen = set()
+
+    def names():
+        return {t.name for t in threading.enumerate() if t.name.startswith("flexllm-batch_")}
+
+    client = make_client(server, concurrency_limit=1000)
+    for item in client.iter_chat_completions_batch([user(f"t{i}") for i in range(3)], show_progress=False):
+        seen |= names()
+        assert item.status == "success"
+    assert 1 <= len(seen) <= 3, seen
+    wait_for(lambda: not names(), what="the batch's worker threads to exit")
+    assert client.chat_completions_batch_sync([user(f"u{i}") for i in range(40)], show_progress=False) == [
+        f"echo: u{i}" for i in range(40)]
+    wait_for(lambda: not names(), what="the second batch's worker threads to exit")
