@@ -54,6 +54,10 @@ class Checkpoint:
         #: `record -> bool`: finished records to ask again (their new record replaces them at compaction)
         self.redo = redo
         self.redone = 0
+        if isinstance(flush_interval, bool) or not isinstance(flush_interval, (int, float)) \
+                or not flush_interval >= 0:  # NaN would never fsync until the end, silently
+            raise ValueError(f"flush_interval must be a number of seconds >= 0 (0 = after every record), "
+                             f"got {flush_interval!r}")
         self.flush_interval = float(flush_interval)
         #: a pipe, terminal or device: written as a stream (no lock, resume or compaction)
         self.stream = False

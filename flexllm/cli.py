@@ -103,16 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "run collects finished batches into the output and submits the rest; exit 75 while "
                          "items are still at the provider")
     pb.add_argument("--wait", action="store_true", help="with --provider-batch: poll until nothing is in flight")
-    pb.add_argument("--fallback-online-after", type=float, metavar="HOURS",
+    pb.add_argument("--fallback-online-after", type=_positive(float, zero=True), metavar="HOURS",
                     help="with --provider-batch: items of a batch unfinished after HOURS go through live requests")
-    pb.add_argument("--poll-interval", type=float, default=30.0, metavar="SECONDS",
+    pb.add_argument("--poll-interval", type=_positive(float), default=30.0, metavar="SECONDS",
                     help="with --wait: seconds between status checks (default 30)")
     b.add_argument("--dry-run", action="store_true", help="count tokens and show the estimated cost (with "
                                                           "--provider-batch: at the batch price); send nothing")
     k = b.add_argument_group("what to ask for and keep")
     k.add_argument("--schema", metavar="FILE.json", help="JSON Schema every reply must match (validated; an invalid "
                                                          "reply is asked again up to 2 times, then the item fails)")
-    k.add_argument("--max-cost", type=float, metavar="USD", help="stop starting requests before this run's spend "
+    k.add_argument("--max-cost", type=_positive(float), metavar="USD", help="stop starting requests before this run's spend "
                                                                  "would pass USD (exit 1; rerun with more to resume)")
     k.add_argument("--redo", choices=("length", "error", "all"), help="on a rerun, also ask again the finished items "
                    "cut off at --max-tokens (length) or all of them (failed ones always are)")

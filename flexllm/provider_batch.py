@@ -69,8 +69,11 @@ class ProviderBatchJob:
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
         if not output_file:
             raise ValueError("provider batch mode needs output_file= (results and the ledger live beside it)")
-        if fallback_online_after is not None and fallback_online_after < 0:
+        if fallback_online_after is not None and not fallback_online_after >= 0:  # NaN too
             raise ValueError(f"fallback_online_after must be >= 0 hours, got {fallback_online_after!r}")
+        if isinstance(poll_interval, bool) or not isinstance(poll_interval, (int, float)) \
+                or not 0 < poll_interval < float("inf"):  # 0 would poll the provider in a hot loop
+            raise ValueError(f"poll_interval must be a finite number of seconds > 0, got {poll_interval!r}")
         live_only = sorted(k for k in ("params_list", "redo", "max_cost_usd", "return_summary", "flush_interval")
                            if k in params)
         if live_only:

@@ -81,3 +81,26 @@ def test_a_pool_of_given_clients_checks_its_own_retry_settings(server):
             LLMClientPool(clients=clients, **kwargs)
     assert LLMClient(model="m", base_url=server.url, retry_delay=0, max_qps=None).chat_completions_sync(user("z")) \
         == "echo: z"  # 0 s between retries and no rate limit stay valid
+
+
+def test_interval_settings_that_would_spin_or_never_fsync_are_refused(server, tmp_path):
+    """poll_interval <= 0 with wait=True polled the provider in a hot loop; flush_interval NaN never
+    fsynced the output file until the end. Both: ValueError naming them, before any request."""
+    client = LLMClient(model="m", base_url=server.url, retry_delay=0.01)
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(ValueError, match="poll_interval"):
+            client.submit_batch([user("a")], output_file=str(tmp_path / "p.jsonl"), wait=True, poll_interval=bad)
+    for bad in (-1, float("nan")):
+        with pytest.raises(ValueError, match="flush_interval"):
+            client.chat_completions_batch_sync([user("a")], output_file=str(tmp_path / "f.jsonl"),
+                                               flush_interval=bad, show_progress=False)
+    assert len(server.requests) == 0
+    inp = tmp_path / "in.jsonl"
+    write_input(inp, 2)
+    for flag, value in (("--poll-interval", "0"), ("--poll-interval", "-1"), ("--max-cost", "-1"),
+                        ("--fallback-online-after", "-1")):
+        extra = ("--provider-batch", "--wait") if flag != "--max-cost" else ()
+        res = run("batch", str(inp), "-o", str(tmp_path / "o.jsonl"), "--model", "m", "--base-url", server.url,
+                  *extra, flag, value)
+        assert res.returncode == 2 and flag in res.stderr and "Traceback" not in res.stderr, (flag, res.stderr)
+    assert len(server.requests) == 0
