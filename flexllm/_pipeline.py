@@ -18,7 +18,7 @@ from ._stores import MemoryStore
 from .config import ResponseCacheConfig
 from .errors import LLMError, RateLimitError, ResponseParseError, ResponseValidationError
 from ._netconfig import TransportOptions
-from .http import Transport
+from .http import Transport, dumps
 from .providers.base import ProviderAdapter, RequestSpec
 from .ratelimit import RateLimit
 from .retry import RetryPolicy, is_retryable
@@ -142,7 +142,7 @@ class Pipeline(StreamingMixin):
     def check_params(self, model: str, params: Dict[str, Any]) -> None:
         """ValueError now when the adapter refuses these call parameters (e.g. a thinking level the provider
         lacks): a batch checks its shared parameters once, before any request, instead of failing each item."""
-        self.adapter.build_request(_PROBE, model, wire_params(params))
+        dumps(self.adapter.build_request(_PROBE, model, wire_params(params)).json)  # NaN, objects: not JSON
 
     def _decode_error(self, body: bytes) -> Any:
         """An error body, decoded, without the proxy's password (a proxy may answer with its own page)."""

@@ -57,10 +57,10 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--api-key", help="API key (env: the provider's own, e.g. ANTHROPIC_API_KEY, GEMINI_API_KEY, "
                                      "OPENAI_API_KEY for api.openai.com; then FLEXLLM_API_KEY; never printed)")
     g.add_argument("--provider", choices=("auto",) + provider_names(), default="auto", help="default: auto")
-    g.add_argument("--retries", type=int, default=3, help="retries after the first attempt (default 3)")
+    g.add_argument("--retries", type=_positive(int, zero=True), default=3, help="retries after the first attempt (default 3)")
     g.add_argument("--timeout", type=_positive(float), default=120.0,
                    help="deadline per attempt in seconds; for streams per gap between lines (default 120)")
-    g.add_argument("--temperature", type=float, help="sampling temperature")
+    g.add_argument("--temperature", type=_positive(float, zero=True), help="sampling temperature")
     g.add_argument("--max-tokens", type=_positive(int), help="maximum tokens in each reply")
     g.add_argument("--system", help="system message for prompt lines / the question")
     g.add_argument("--thinking", choices=THINKING, help="reasoning: true, false, or a level (default: the model's)")
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("input", help="input JSONL file, or - for stdin")
     b.add_argument("-o", "--output", required=True, help="output JSONL file (checkpoint; rerun resumes)")
     _connection_args(b)
-    b.add_argument("--concurrency", type=int, default=50, help="requests in flight (default 50)")
+    b.add_argument("--concurrency", type=_positive(int), default=50, help="requests in flight (default 50)")
     b.add_argument("--qps", type=_positive(float), help="maximum request starts per second")
     rl = b.add_argument_group("shared rate budget (one budget for many processes and machines; see README)")
     rl.add_argument("--rate-limit-store", metavar="URL",
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("input", help="input JSONL file (same format as batch), or -")
     t.add_argument("--model", default=None, help="model for tokenizer and prices (env FLEXLLM_MODEL; default gpt-4o)")
     t.add_argument("--system", help="system message for prompt lines")
-    t.add_argument("--avg-output-tokens", type=int, default=0, help="expected reply length per item")
+    t.add_argument("--avg-output-tokens", type=_positive(int, zero=True), default=0, help="expected reply length per item")
     t.add_argument("--limit", type=_positive(int), help="only the first N input lines")
 
     pr = sub.add_parser("pricing", help="show the price table, or one model's price")

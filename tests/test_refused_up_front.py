@@ -98,9 +98,17 @@ def test_interval_settings_that_would_spin_or_never_fsync_are_refused(server, tm
     inp = tmp_path / "in.jsonl"
     write_input(inp, 2)
     for flag, value in (("--poll-interval", "0"), ("--poll-interval", "-1"), ("--max-cost", "-1"),
-                        ("--fallback-online-after", "-1")):
-        extra = ("--provider-batch", "--wait") if flag != "--max-cost" else ()
+                        ("--fallback-online-after", "-1"), ("--timeout", "0"), ("--timeout", "-3"),
+                        ("--retries", "-1"), ("--concurrency", "0"), ("--temperature", "nan")):
+        extra = ("--provider-batch", "--wait") if flag in ("--poll-interval", "--fallback-online-after") else ()
         res = run("batch", str(inp), "-o", str(tmp_path / "o.jsonl"), "--model", "m", "--base-url", server.url,
                   *extra, flag, value)
         assert res.returncode == 2 and flag in res.stderr and "Traceback" not in res.stderr, (flag, res.stderr)
+    assert len(server.requests) == 0
+
+
+def test_a_batch_whose_parameters_cannot_be_encoded_fails_before_any_request(server):
+    client = LLMClient(model="m", base_url=server.url, retry_delay=0.01)
+    with pytest.raises(ValueError, match="JSON"):
+        client.chat_completions_batch_sync([user("a"), user("b")], temperature=float("nan"), show_progress=False)
     assert len(server.requests) == 0
