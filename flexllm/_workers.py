@@ -1,14 +1,15 @@
-"""The batch engine's worker threads: a leaner ThreadPoolExecutor for one batch run.
+"""The batch engine's worker threads: a ThreadPoolExecutor whose threads each run one long loop.
 
-Per item, `ThreadPoolExecutor` builds a Future (a Condition and its lock), a work item and a done
-callback, and passes an idle semaphore around; at concurrency 50 that dispatch was most of the client's
-own CPU per live request. Here a job is a tuple on one queue and its outcome a tuple on another: the
-thread that submits (the batch's consumer) is the only one that counts what is outstanding.
+Submitting every item to the executor built a Future (a Condition and its lock), a work item and a done
+callback per item and passed an idle semaphore around: at concurrency 50 that dispatch was most of the
+client's own CPU per live request. Here the executor runs one loop per thread (one Future per thread, not
+per item); a job is a tuple on one queue and its outcome a tuple on another, and the thread that submits
+(the batch's consumer) is the only one that counts what is outstanding.
 """
 from __future__ import annotations
 
 import queue
-import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, List, Optional, Tuple
 
 __all__ = ["Workers"]
@@ -30,21 +31,17 @@ class Workers:
         self.done: "queue.SimpleQueue[Tuple[Any, Optional[BaseException]]]" = queue.SimpleQueue()
         self._jobs: "queue.SimpleQueue[Optional[tuple]]" = queue.SimpleQueue()
         self._fn = fn
-        self._name = name
-        self._initializer = initializer
-        self._threads: List[threading.Thread] = []
+        self._executor = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix=name, initializer=initializer)
+        self._loops: List[Future] = []  # one per thread, each running `_loop` until the batch ends
         self._busy: List[bool] = []  # per thread: running a job now (one list store per job, no lock)
         self._closed = False
 
     def submit(self, *job: Any) -> None:
         """Queue one job (a worker picks it up as soon as one is free)."""
         self.outstanding += 1
-        if len(self._threads) < min(self.size, self.outstanding):
-            slot = len(self._threads)
-            thread = threading.Thread(target=self._loop, args=(slot,), name=f"{self._name}_{slot}")
+        if len(self._loops) < min(self.size, self.outstanding):
             self._busy.append(False)
-            self._threads.append(thread)
-            thread.start()
+            self._loops.append(self._executor.submit(self._loop, len(self._loops)))
         self._jobs.put(job)
 
     @property
@@ -84,15 +81,11 @@ class Workers:
         """Let every thread exit once the queued jobs are done; `wait` joins them."""
         if not self._closed:
             self._closed = True
-            for _ in self._threads:
+            for _ in self._loops:
                 self._jobs.put(_STOP)
-        if wait:
-            for thread in self._threads:
-                thread.join()
+        self._executor.shutdown(wait=wait)
 
     def _loop(self, slot: int) -> None:
-        if self._initializer is not None:
-            self._initializer()
         get, put, fn, busy = self._jobs.get, self.done.put, self._fn, self._busy
         while True:
             job = get()
