@@ -115,7 +115,7 @@ class Pipeline(StreamingMixin):
             raise TypeError(f"rate_limit must be a flexllm.RateLimit, got {type(rate_limit).__name__}")
         self.adapter = adapter
         self.concurrency_limit = int(concurrency_limit)
-        self._slots = threading.BoundedSemaphore(self.concurrency_limit)
+        self._slots = _cancel.Slots(self.concurrency_limit)
         limiters: List[Limiter] = []
         if max_qps is not None:  # None = no limit; 0 is refused by RateLimit. The client's own max_qps: a private in-process budget, as before RateLimit existed
             limiters.append(Limiter(RateLimit(max_qps=max_qps, shared="memory", name="max_qps"),
