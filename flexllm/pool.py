@@ -9,6 +9,7 @@ one hands over at once, and one call makes at most `retry_times + 1` attempts pe
 reported truly.
 An endpoint's permanent failures (bad key, exhausted quota, model it does not serve) take it out of
 the call: when every endpoint is out, the call fails at once with an error naming each failure.
+Which failure does what, and the error naming them all, are decided in `_failover`.
 """
 from __future__ import annotations
 
@@ -17,23 +18,15 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from . import _cancel
 from ._api import ClientAPI
+from ._failover import CallState, combined_error, fails_over, permanent, retry_here
 from ._limiter import AdaptiveWindow, Limiter, limiter_for
 from ._logging import get_logger
 from ._pipeline import Outcome, Pipeline
 from .client import LLMClient, _BaseClient
 from .config import ResponseCacheConfig
-from .errors import (
-    APIConnectionError,
-    APIStatusError,
-    AuthenticationError,
-    BadRequestError,
-    LLMError,
-    NotFoundError,
-    QuotaExceededError,
-    RateLimitError,
-)
+from .errors import LLMError, RateLimitError
 from .ratelimit import RateLimit
-from .retry import check_retry_settings, is_retryable, retry_wait
+from .retry import check_retry_settings, retry_wait
 from .router import ProviderConfig, ProviderRouter
 from .types import StreamEvent
 
@@ -44,77 +37,6 @@ logger = get_logger("flexllm")
 _ENDPOINT_KEYS = {"base_url", "api_key", "model", "provider", "weight", "concurrency_limit", "max_qps",
                   "rate_limit", "proxy", "verify", "http2"}
 _SLOT_WAIT = 0.5  # seconds between re-checks while every healthy endpoint is busy
-_MODEL_MISSING = ("model_not_found", "invalid model", "model not found", "no such model", "unknown model",
-                  "does not exist", "not supported", "is not available", "not found")
-
-
-def model_missing(exc: BaseException) -> bool:
-    """A 400/404 saying this endpoint does not serve the model (another endpoint may)."""
-    if isinstance(exc, NotFoundError):
-        return True
-    if not isinstance(exc, BadRequestError):
-        return False
-    text = f"{exc.code or ''} {exc.message}".lower()
-    return "model" in text and any(marker in text for marker in _MODEL_MISSING)
-
-
-def permanent(exc: BaseException) -> bool:
-    """A failure this endpoint will repeat for this call: bad key, exhausted quota, model not served."""
-    return isinstance(exc, (AuthenticationError, QuotaExceededError)) or model_missing(exc)
-
-
-def _retry_here(exc: BaseException) -> bool:
-    """What an endpoint retries itself: transient answers. A dead connection moves on at once."""
-    return is_retryable(exc) and not isinstance(exc, APIConnectionError)
-
-
-def fails_over(exc: BaseException) -> bool:
-    """Errors another endpoint may not have: transient ones and this endpoint's permanent ones."""
-    return is_retryable(exc) or permanent(exc)
-
-
-def _rank(exc: BaseException) -> int:
-    """How much an error tells the user (higher = more): a server's answer beats a dead socket."""
-    for rank, kind in enumerate((QuotaExceededError, RateLimitError, AuthenticationError, NotFoundError,
-                                 BadRequestError, APIStatusError)):
-        if isinstance(exc, kind):
-            return 20 - rank
-    return 1 if isinstance(exc, APIConnectionError) else 5
-
-
-def combined_error(errors: Dict[str, LLMError], attempts: int) -> LLMError:
-    """One error for a call every endpoint failed: the most informative one's type and details, a message
-    naming each endpoint's failure, the most informative as `__cause__`, all in `.endpoint_errors`."""
-    best = max(errors.values(), key=_rank)
-    if len(errors) == 1:
-        best.attempts = attempts  # type: ignore[attr-defined]
-        best.endpoint_errors = dict(errors)  # type: ignore[attr-defined]
-        return best
-    parts = "; ".join(f"{url}: {type(e).__name__}: {e.message}" for url, e in errors.items())
-    message = f"all {len(errors)} endpoints failed — {parts}"
-    error = type(best).__new__(type(best))
-    error.__dict__.update(best.__dict__)
-    error.message = message
-    where = "/".join(p for p in (best.provider, best.model) if p)
-    error.args = (f"[{where}] {message}" if where else message,)
-    error.attempts = attempts  # type: ignore[attr-defined]
-    error.endpoint_errors = dict(errors)  # type: ignore[attr-defined]
-    error.__cause__ = best
-    return error
-
-
-class _Call:
-    """One call's state: what each endpoint answered last, which are out, attempts made (per endpoint)."""
-
-    __slots__ = ("errors", "out", "attempts", "used")
-
-    def __init__(self) -> None:
-        self.errors: Dict[str, LLMError] = {}
-        self.out: set = set()  # ids of endpoints that failed permanently for this call
-        self.attempts = 0
-        self.used: Dict[int, int] = {}  # id(endpoint) -> attempts it got
-
-
 class _Claim:
     """Called by the pipeline right after an endpoint's budget start is taken: the next worker may choose
     that endpoint again (before that, a second worker would only queue behind this one)."""
@@ -235,7 +157,7 @@ class LLMClientPool(ClientAPI):
             self._starting[id(cfg)] += 1
         return cfg
 
-    def _acquire(self, call: _Call, only: Optional[ProviderConfig] = None) -> Optional[ProviderConfig]:
+    def _acquire(self, call: CallState, only: Optional[ProviderConfig] = None) -> Optional[ProviderConfig]:
         """An endpoint with attempts left for this call (untried ones first), with a free slot; None when
         there is none. Waits for a slot; waits for a resting endpoint's recovery only before a call's first
         attempt (later attempts probe it at once); fails at once when every endpoint is out for good."""
@@ -299,7 +221,7 @@ class LLMClientPool(ClientAPI):
         an untried endpoint at once; each endpoint gets at most `retry_times + 1` attempts per call, and
         once every endpoint is tried the rest wait like a single client's retries.
         """
-        call = _Call()
+        call = CallState()
         limit = self.retry_times + 1
         stay: Optional[ProviderConfig] = None  # retry here after a transient answer
         last: Optional[LLMError] = None
@@ -330,7 +252,7 @@ class LLMClientPool(ClientAPI):
                     raise  # the request itself is wrong (400 …): every endpoint would refuse it
                 call.errors[cfg.base_url or str(id(cfg))] = exc
                 last = exc
-                if _retry_here(exc) and call.used[id(cfg)] < limit:
+                if retry_here(exc) and call.used[id(cfg)] < limit:
                     stay = cfg
                     continue
                 stay = None
