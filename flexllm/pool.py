@@ -80,6 +80,14 @@ class LLMClientPool(ClientAPI):
         if rate_limit is not None and not isinstance(rate_limit, RateLimit):
             raise TypeError(f"rate_limit must be a flexllm.RateLimit, got {type(rate_limit).__name__}")
         check_retry_settings(retry_times, retry_delay)  # the pool's own retry loop uses them, not the endpoints'
+        if clients:  # given clients keep their own transport, limits and cache: never drop these silently
+            ignored = [name for name, value, default in (
+                ("cache", cache, None), ("timeout", timeout, 120), ("concurrency_limit", concurrency_limit, 50),
+                ("max_qps", max_qps, None), ("proxy", proxy, None), ("verify", verify, True), ("http2", http2, False))
+                if value is not default and value != default]
+            if ignored:
+                raise ValueError(f"{', '.join(ignored)} belong to each client when clients=[...] is given: pass "
+                                 "them to the clients' constructors (or use endpoints=[...])")
         self.fallback = fallback
         self.retry_times = int(retry_times)
         self.retry_delay = float(retry_delay)

@@ -112,3 +112,17 @@ def test_a_batch_whose_parameters_cannot_be_encoded_fails_before_any_request(ser
     with pytest.raises(ValueError, match="JSON"):
         client.chat_completions_batch_sync([user("a"), user("b")], temperature=float("nan"), show_progress=False)
     assert len(server.requests) == 0
+
+
+def test_endpoint_settings_given_with_clients_are_refused_not_ignored(server):
+    """With clients=[...] each client keeps its own transport, limits and cache: a pool-level max_qps=,
+    timeout=, concurrency_limit=, cache=, proxy= used to be dropped without a word."""
+    from flexllm import ResponseCacheConfig
+
+    clients = [LLMClient(model="m", base_url=server.url)]
+    for kwargs in ({"max_qps": 5}, {"timeout": 5}, {"concurrency_limit": 2}, {"proxy": "http://127.0.0.1:9"},
+                   {"cache": ResponseCacheConfig(enabled=True)}, {"http2": True}, {"verify": False}):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            LLMClientPool(clients=clients, **kwargs)
+    pool = LLMClientPool(clients=clients, retry_times=1, retry_delay=0.01, model="m")  # the pool's own loop uses these
+    assert pool.chat_completions_sync(user("ok")) == "echo: ok"
