@@ -70,7 +70,7 @@ class ResponseCache:
 
     def __init__(self, config: ResponseCacheConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config
-        self.ttl = int(config.ttl)
+        self.ttl = config.ttl  # checked by the config; 0.5 s stays 0.5 s (int() made it 0: never expires)
         self.directory = os.path.abspath(os.path.expanduser(config.cache_dir))
         self.path = os.path.join(self.directory, CACHE_FILENAME)
         self._clock = clock

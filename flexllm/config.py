@@ -28,7 +28,7 @@ class ResponseCacheConfig:
     @classmethod
     def with_ttl(cls, seconds: int, **kwargs) -> "ResponseCacheConfig":
         """An enabled cache whose entries live `seconds` seconds."""
-        return cls(enabled=True, ttl=int(seconds), **kwargs)
+        return cls(enabled=True, ttl=seconds, **kwargs)  # checked by __post_init__; never truncated to 0
 
     @classmethod
     def persistent(cls, **kwargs) -> "ResponseCacheConfig":

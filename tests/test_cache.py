@@ -292,3 +292,15 @@ def test_many_connections_opening_a_new_cache_at_once_all_get_it(tmp_path):
         for t in threads:
             t.join(timeout=60)
         assert not errors, errors[:3]
+
+
+def test_a_fractional_ttl_expires_instead_of_becoming_never(tmp_path):
+    """ttl=0.5 (or with_ttl(0.5)) was truncated to 0, which means "never expires"."""
+    clock = Clock()
+    for i, config in enumerate((ResponseCacheConfig.with_ttl(0.5, cache_dir=str(tmp_path / "a")),
+                                ResponseCacheConfig(enabled=True, ttl=0.5, cache_dir=str(tmp_path / "b")))):
+        cache = ResponseCache(config, clock=clock)
+        cache.set("k", {"content": "v"})
+        assert cache.get("k")["content"] == "v"
+        clock.now += 1
+        assert cache.get("k") is None, i
