@@ -142,7 +142,9 @@ class Pipeline(StreamingMixin):
     def check_params(self, model: str, params: Dict[str, Any]) -> None:
         """ValueError now when the adapter refuses these call parameters (e.g. a thinking level the provider
         lacks): a batch checks its shared parameters once, before any request, instead of failing each item."""
-        dumps(self.adapter.build_request(_PROBE, model, wire_params(params)).json)  # NaN, objects: not JSON
+        spec = self.adapter.build_request(_PROBE, model, wire_params(params))
+        dumps(spec.json)  # NaN, sets, objects: not JSON
+        self.transport._total_of(spec)  # a per-call timeout <= 0
 
     def _decode_error(self, body: bytes) -> Any:
         """An error body, decoded, without the proxy's password (a proxy may answer with its own page)."""

@@ -111,6 +111,8 @@ def test_a_batch_whose_parameters_cannot_be_encoded_fails_before_any_request(ser
     client = LLMClient(model="m", base_url=server.url, retry_delay=0.01)
     with pytest.raises(ValueError, match="JSON"):
         client.chat_completions_batch_sync([user("a"), user("b")], temperature=float("nan"), show_progress=False)
+    with pytest.raises(ValueError, match="timeout"):
+        client.chat_completions_batch_sync([user("a"), user("b")], timeout=0, show_progress=False)
     assert len(server.requests) == 0
 
 
