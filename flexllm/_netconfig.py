@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import certifi
 
-__all__ = ["TransportOptions"]
+__all__ = ["TransportOptions", "proxy_of"]
 
 PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 _DEFAULT_PORTS = {"http": 80, "https": 443, "socks5": 1080, "socks5h": 1080}
@@ -134,3 +134,29 @@ class TransportOptions:
         if self.http2:
             out["http2"] = True
         return out
+
+
+_ENV_PROXY_NAMES = {"http://": "HTTP_PROXY", "https://": "HTTPS_PROXY", "all://": "ALL_PROXY"}
+
+
+def proxy_of(exc: Exception, proxy_at: Optional[str]) -> Optional[str]:
+    """The proxy a failed connect went to: proxy='s host:port, else the environment proxy httpx chose for the
+    request's URL (its variable named; NO_PROXY honoured the way httpx does), else None (a direct connection)."""
+    if proxy_at:
+        return proxy_at
+    try:
+        from httpx._utils import URLPattern, get_environment_proxies
+
+        found = get_environment_proxies()
+        url = exc.request.url if found else None  # type: ignore[attr-defined]
+    except (RuntimeError, ImportError, AttributeError):  # no request attached, or an httpx without these helpers
+        return None
+    for pattern, proxy in sorted(((URLPattern(k), v) for k, v in found.items()),
+                                 key=lambda kv: kv[0]):  # httpx's own priority order
+        if pattern.matches(url):
+            try:
+                at = TransportOptions(proxy=proxy).proxy_at if proxy else None
+            except (TypeError, ValueError):
+                return None
+            return f"{at} (from {_ENV_PROXY_NAMES.get(pattern.pattern, 'the environment')})" if at else None
+    return None

@@ -23,7 +23,7 @@ import httpx
 from . import _cancel, _h1
 from ._constants import DEFAULT_CONNECT_TIMEOUT
 from ._logging import get_logger, redact_secrets
-from ._netconfig import TransportOptions
+from ._netconfig import TransportOptions, proxy_of
 from .errors import APIConnectionError, APITimeoutError, LLMError
 from .providers.base import RequestSpec
 
@@ -63,8 +63,8 @@ def _mapped(provider: str, model: str, redact: Callable[[str], str], proxy_at: O
     try:
         yield
     except httpx.TimeoutException as exc:
-        what = f"could not connect to the proxy {proxy_at} in time" \
-            if proxy_at and isinstance(exc, httpx.ConnectTimeout) else "request timed out"
+        proxy = proxy_of(exc, proxy_at) if isinstance(exc, httpx.ConnectTimeout) else None
+        what = f"could not connect to the proxy {proxy} in time" if proxy else "request timed out"
         raise APITimeoutError(redact(f"{what} ({type(exc).__name__}: {exc})"),
                               provider=provider, model=model) from _without_frames(exc)
     except (httpx.LocalProtocolError, UnicodeEncodeError) as exc:
@@ -73,8 +73,8 @@ def _mapped(provider: str, model: str, redact: Callable[[str], str], proxy_at: O
                        "a control character or non-ASCII text; check api_key, default_headers and extra_headers",
                        provider=provider, model=model) from None
     except (httpx.TransportError, httpx.StreamError) as exc:
-        what = f"could not connect to the proxy {proxy_at}" if proxy_at and isinstance(exc, httpx.ConnectError) \
-            else "connection failed"
+        proxy = proxy_of(exc, proxy_at) if isinstance(exc, httpx.ConnectError) else None
+        what = f"could not connect to the proxy {proxy}" if proxy else "connection failed"
         raise APIConnectionError(redact(f"{what} ({type(exc).__name__}: {exc})"),
                                  provider=provider, model=model) from _without_frames(exc)
 

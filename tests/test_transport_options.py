@@ -195,3 +195,23 @@ def test_a_dead_proxy_is_named_as_the_proxy_without_its_password(server, caplog)
     with pytest.raises(APIConnectionError) as info:
         OpenAIClient(base_url=f"http://127.0.0.1:{port}/v1", model="m", retry_times=0).chat_completions_sync(user("x"))
     assert "proxy" not in info.value.message
+
+
+def test_a_dead_proxy_from_the_environment_is_named_too(server, monkeypatch):
+    """HTTP_PROXY pointing nowhere: the error names that proxy (never its password); NO_PROXY still
+    sends the same request straight to the server."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://alice:{PASSWORD}@127.0.0.1:{port}")
+    with pytest.raises(APIConnectionError) as info:
+        OpenAIClient(base_url=server.url, model="m", retry_times=0).chat_completions_sync(user("x"))
+    assert f"proxy 127.0.0.1:{port}" in info.value.message and "HTTP_PROXY" in info.value.message
+    assert PASSWORD not in str(info.value) + repr(info.value) and B64 not in str(info.value)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert OpenAIClient(base_url=server.url, model="m", retry_times=0).chat_completions_sync(user("y")) == "echo: y"
