@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ._constants import MAX_RETRY_AFTER, QPS_SAFETY_MARGIN, SHARED_QPS_SAFETY_MARGIN
 from ._logging import get_logger
+from ._ratelimit_headers import parse_duration as parse_duration  # importable from here, as before the split
 from ._ratelimit_headers import provider_waits
 from ._stores import Dims, MemoryStore, RateLimitStoreError, StoreUnavailable, open_store, safe_url
 from .errors import QuotaExceededError, RateLimitError

@@ -15,6 +15,7 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
+from ._cli_args import THINKING as THINKING  # importable from here, as before the split
 from ._cli_args import build_parser
 from ._input import BatchInput, UsageError, read_jsonl
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 from . import _cancel
 from ._api import ClientAPI
 from ._failover import CallState, combined_error, fails_over, permanent, retry_here
+from ._failover import model_missing as model_missing  # importable from here, as before the split
 from ._limiter import AdaptiveWindow, Limiter, limiter_for
 from ._logging import get_logger
 from ._pipeline import Outcome, Pipeline

@@ -13,15 +13,12 @@ import ssl
 import time
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional
 
 from . import _batches, _schema
 from ._common import Turn
 from ._directives import collect, strip
 from ._routes import answer, dialect_for
-
-if TYPE_CHECKING:
-    from ._server import MockServer
 
 __all__ = ["RecordedRequest"]
 
@@ -74,7 +71,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "flexllm-mock"
     disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms delayed-ACK stall
-    mock: "MockServer"
+    mock: Any  # the `MockServer` served (set by its `_bind`; not imported: _server imports this module)
     _in_flight = False
     _trickle = 0.0
 

@@ -11,6 +11,8 @@ from typing import Any, Dict, List, Optional
 from . import _batches
 from ._directives import Rule
 from ._handler import RecordedRequest, _Handler, _HTTPServer
+from ._routes import DIALECTS as DIALECTS  # importable from here, as before the split
+from ._routes import dialect_for as dialect_for
 
 __all__ = ["MockServer", "RecordedRequest"]
 
