@@ -53,8 +53,8 @@ def test_events_never_reaches_the_request_body(server):
                                                  show_progress=False)
     assert results[1] == "echo: b"
     assert all("events" not in r.body for r in server.requests), [r.body for r in server.requests]
-    for event in client.chat_completions_stream_sync(user("s"), events=True):
-        pass
+    events = list(client.chat_completions_stream_sync(user("s"), events=True))
+    assert events[-1].done and events[-1].result.content == "echo: s"
     assert all("events" not in r.body for r in server.requests)
 
 
