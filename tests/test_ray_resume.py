@@ -47,13 +47,15 @@ def settled(server, quiet=1.0, timeout=60.0):
     raise AssertionError("requests kept arriving after the driver was killed")
 
 
-def map_workers():
-    """PIDs of the Ray actor processes running LLMMapper."""
+def map_workers(driver):
+    """PIDs of the Ray actor processes running LLMMapper for `driver` (started with start_new_session=True,
+    so its Ray processes are in its session): never an actor of another Ray job on the same machine (it
+    once killed a concurrent test_ray run's actor, whose block Ray then re-ran: 317 requests for 300 rows)."""
     pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"MapBatches(LLMMapper)" in f.read():
+                if b"MapBatches(LLMMapper)" in f.read() and os.getsid(int(pid)) == driver.pid:
                     pids.append(int(pid))
         except OSError:
             pass
@@ -67,7 +69,7 @@ def test_sigkill_an_actor_then_the_driver_then_rerun(server, tmp_path):
     try:
         wait_for(lambda: checkpointed(tmp_path / "ckpt") >= ROWS // 3 or first.poll() is not None,
                  timeout=240, what="a third of the rows checkpointed")
-        victims = map_workers()
+        victims = map_workers(first)
         assert first.poll() is None, first.stderr.read().decode()[-2000:]
         assert victims, "no LLMMapper actor process found"
         os.kill(victims[0], signal.SIGKILL)
