@@ -3,6 +3,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +12,8 @@ import httpx
 import pytest
 
 from flexllm.mock import MockServer
+
+from .conftest import wait_for
 
 
 def chat(server, text, **body):
@@ -158,6 +161,25 @@ def test_control_endpoints(server):
     assert httpx.get(server.root_url + "/_mock/health").json() == {"ok": True}
     httpx.post(server.root_url + "/_mock/reset")
     assert server.requests == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel receive stamps (SO_TIMESTAMP) are Linux's")
+def test_arrival_is_when_the_request_reached_the_server_not_when_a_busy_handler_read_it(server):
+    # rate tests count starts on this clock: a handler that is busy (or starved of CPU on a loaded machine)
+    # when a request arrives must not move the request later, bunching it with the next one
+    def post(text):
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": text}]}).encode()
+        return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: mock\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall(post("[[mock:latency=2]] held"))
+        wait_for(lambda: server.requests, what="the first request")
+        s.sendall(post("queued"))  # same connection: its handler reads it only after answering the first
+        wait_for(lambda: len(server.requests) == 2, what="the second request")
+    first, second = server.requests
+    assert second.body["messages"][0]["content"] == "queued"
+    assert second.time < first.time + 2, "stamped when read (after the 2 s hold), not when it arrived"
 
 
 def test_two_hundred_concurrent_slow_connections():

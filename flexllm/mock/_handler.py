@@ -7,6 +7,7 @@ and updates it through the handler's `mock` attribute.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import socket
 import ssl
@@ -16,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Iterable, Optional
 
 from . import _batches, _schema
+from ._arrival import stamped_reader
 from ._common import Turn
 from ._directives import collect, strip
 from ._routes import answer, dialect_for
@@ -74,6 +76,22 @@ class _Handler(BaseHTTPRequestHandler):
     mock: Any  # the `MockServer` served (set by its `_bind`; not imported: _server imports this module)
     _in_flight = False
     _trickle = 0.0
+    _stamps = None
+
+    def setup(self) -> None:
+        super().setup()
+        stamps = stamped_reader(self.connection)  # requests are timed by the kernel's arrival stamp
+        if stamps is not None:
+            self.rfile.close()
+            self._stamps, self.rfile = stamps, io.BufferedReader(stamps)
+
+    def handle_one_request(self) -> None:
+        if self._stamps is not None:
+            self._stamps.reset()
+        super().handle_one_request()
+
+    def _arrived(self) -> float:
+        return self._stamps.arrival() if self._stamps is not None else time.time()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence per-request logging
         pass
@@ -144,7 +162,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(404, {"error": {"message": f"no route for GET {self.path}"}})
 
     def do_POST(self) -> None:  # noqa: N802
-        arrived = time.time()
+        arrived = self._arrived()
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         if self.path.startswith("/_mock/reset"):
@@ -172,7 +190,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = {"multipart": True, "bytes": len(raw)}
         headers = {k.lower(): _redact(k.lower(), v) for k, v in self.headers.items()}
-        rec = RecordedRequest(time.time(), method, path, headers, body, 1)
+        rec = RecordedRequest(self._arrived(), method, path, headers, body, 1)
         mock._record(rec)
         dialect = _batches.dialect(kind)
         if mock.require_key is not None and dialect.api_key(self.headers) != mock.require_key:
