@@ -1,6 +1,7 @@
 """Shared fixtures: a real mock server on 127.0.0.1 per test module, fresh state per test."""
 import json
 import logging
+import socket
 import threading
 import time
 
@@ -47,6 +48,19 @@ def count_lines(path):
             return f.read().count(b"\n")
     except FileNotFoundError:
         return 0
+
+
+_HELD_PORTS = []  # sockets bound to a port and never listening, kept for the whole session
+
+
+def closed_port():
+    """A 127.0.0.1 port where connections are refused, for the whole session. Closing a probe socket and
+    hoping nobody takes its port is a race on a machine running many suites; a bound socket that never
+    listens refuses connections, and no other process (nor an outgoing connection) can take its port."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    _HELD_PORTS.append(s)
+    return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout=30.0, what="condition"):

@@ -19,7 +19,7 @@ from flexllm._limiter import Limiter
 from flexllm._stores import SQLiteStore, open_store
 from flexllm.mock import MockServer
 
-from .conftest import read_records, user, wait_for
+from .conftest import closed_port, read_records, user, wait_for
 
 CHILD = textwrap.dedent("""
     import sys
@@ -44,23 +44,43 @@ def free_port():
     return port
 
 
-def start_redis(port):
+def redis_pid(port):
+    """The process id of the redis-server answering on `port` (None if none answers yet)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as c:
+            c.sendall(b"INFO server\r\n")
+            data = b""
+            while b"process_id:" not in data or not data.endswith(b"\r\n"):
+                more = c.recv(65536)
+                if not more:
+                    break
+                data += more
+    except OSError:
+        return None
+    for line in data.split(b"\r\n"):
+        if line.startswith(b"process_id:"):
+            return int(line.split(b":")[1])
+    return None
+
+
+def start_redis(port=None):
+    """Start a redis-server of our own on `port`, or on a free port (another one if another process on this
+    busy machine takes it between our check and redis' bind); waits until *our* process answers, so a test
+    never talks to someone else's Redis. Returns (process, port)."""
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.fail("redis-server is not installed: `make test` installs it (apt-get install -y redis-server)")
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def up():
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as c:
-                c.sendall(b"PING\r\n")
-                return c.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    wait_for(up, timeout=20, what="redis-server to answer PING")
-    return proc
+    for _ in range(5):
+        use = port or free_port()
+        proc = subprocess.Popen([exe, "--port", str(use), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda proc=proc, use=use: proc.poll() is not None or redis_pid(use) == proc.pid, timeout=20,
+                 what="redis-server to answer")
+        if proc.poll() is None:
+            return proc, use
+        if port is not None:
+            pytest.fail(f"redis-server could not listen on port {port} again (taken by another process)")
+    pytest.fail("redis-server could not start on 5 free ports")
 
 
 def stop(proc):
@@ -76,12 +96,11 @@ class Redis:
     """A real redis-server on a free 127.0.0.1 port, no persistence; a test may stop and restart it."""
 
     def __init__(self):
-        self.port = free_port()
+        self.proc, self.port = start_redis()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = start_redis(self.port)
 
     def restart(self):
-        self.proc = start_redis(self.port)
+        self.proc, _ = start_redis(self.port)
 
 
 @pytest.fixture
@@ -207,7 +226,7 @@ def test_a_corrupt_limits_file_is_recreated_with_one_warning(tmp_path, caplog):
 
 
 def test_unreachable_redis_is_a_clear_error_without_the_password_or_a_local_fallback(server, caplog):
-    url = f"redis://app:s3cret-pw@127.0.0.1:{free_port()}/0"
+    url = f"redis://app:s3cret-pw@127.0.0.1:{closed_port()}/0"
     client = LLMClient(model="m", base_url=server.url, rate_limit=RateLimit(max_qps=5, shared=url, name="r"))
     with pytest.raises(RateLimitStoreError) as info:  # the store is reached lazily, on the first request
         client.chat_completions_sync(user("x"))

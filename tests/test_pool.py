@@ -1,20 +1,15 @@
 """LLMClientPool over three real mock servers: failover, health, shared batch queue, streaming."""
-import socket
 
 import pytest
 
 from flexllm import APIConnectionError, BadRequestError, LLMClientPool, StreamTruncatedError
 from flexllm.mock import MockServer
 
-from .conftest import user
+from .conftest import closed_port, user
 
 
 def closed_port_url():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now
-    return f"http://127.0.0.1:{port}/v1"
+    return f"http://127.0.0.1:{closed_port()}/v1"  # nothing listens there
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from flexllm._netconfig import TransportOptions
 from flexllm.mock import MockServer
 
 from ._proxies import HTTPProxy, SocksProxy
-from .conftest import user
+from .conftest import closed_port, user
 
 trustme = pytest.importorskip("trustme")
 
@@ -170,14 +170,10 @@ def test_pool_endpoints_take_transport_options(server):
 def test_a_dead_proxy_is_named_as_the_proxy_without_its_password(server, caplog):
     """Nothing listens at the proxy address: the error says the proxy could not be reached (host:port),
     for single calls, streams and HTTPS targets alike, and never holds the proxy's password."""
-    import socket
     import traceback
 
     caplog.set_level(logging.DEBUG)
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now
+    port = closed_port()  # nothing listens there
     proxy = f"http://alice:{PASSWORD}@127.0.0.1:{port}"
     c = OpenAIClient(base_url=server.url, model="m", retry_times=0, proxy=proxy)
     calls = (lambda: c.chat_completions_sync(user("x")), lambda: list(c.chat_completions_stream_sync(user("x"))),
