@@ -19,7 +19,7 @@ from typing import Mapping, Optional
 
 import redis
 
-from ._stores import Dims, StoreUnavailable, safe_url
+from ._stores import Dims, StoreUnavailable, safe_url, url_secrets
 
 __all__ = ["RedisStore"]
 
@@ -151,10 +151,6 @@ class RedisStore:
 
 
 def _without_password(text: str, url: str) -> str:
-    from urllib.parse import urlsplit
-
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        password = None
-    return text.replace(password, "***") if password else text
+    for secret in url_secrets(url):
+        text = text.replace(secret, "***")
+    return text

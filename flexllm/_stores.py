@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Sequence, Tuple
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from ._logging import get_logger
 from ._sqlite import switch_to_wal
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import sqlite3
 
 __all__ = ["PAUSE", "Dims", "MemoryStore", "RateLimitStoreError", "SQLiteStore", "StoreUnavailable", "gcra",
-           "open_store", "safe_url", "shifted", "sqlite_path"]
+           "open_store", "safe_url", "shifted", "sqlite_path", "url_secrets"]
 
 logger = get_logger("flexllm")
 
@@ -48,19 +48,31 @@ class RateLimitStoreError(LLMError):
     """The shared rate-limit store (SQLite file, Redis server) cannot be used; names it, never a password."""
 
 
-def safe_url(url: str) -> str:
-    """`url` with any password replaced by `***` (for messages and logs)."""
+def url_secrets(url: str) -> Tuple[str, ...]:
+    """The passwords a store URL carries, as written and decoded: in the netloc and in a `password=` query
+    field (redis-py reads both)."""
     try:
         parts = urlsplit(url)
+        found = [parts.password] + [v for k, _, v in (p.partition("=") for p in parts.query.split("&"))
+                                    if k == "password"]
+    except ValueError:
+        return ()
+    return tuple({x for s in found if s for x in (s, unquote(s)) if x})
+
+
+def safe_url(url: str) -> str:
+    """`url` with any password (netloc or `password=` query field) replaced by `***` (for messages and logs)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
     except ValueError:
         return "<unparseable URL>"
-    if parts.password is None:
+    if password is None and "password=" not in parts.query:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+    netloc = parts.netloc if password is None else f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}"
+    query = "&".join("password=***" if p.partition("=")[0] == "password" else p for p in parts.query.split("&"))
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "") + \
+        (f"#{parts.fragment}" if parts.fragment else "")
 
 
 def sqlite_path(url: str) -> str:

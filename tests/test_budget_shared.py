@@ -245,6 +245,27 @@ def test_unreachable_redis_is_a_clear_error_without_the_password_or_a_local_fall
     assert len(warned) == 1 and "s3cret-pw" not in warned[0]
 
 
+@pytest.mark.parametrize("url", [
+    "redis://127.0.0.1:{port}/0?password=s3cret-pw",           # redis-py reads a password from the query too
+    "unix:///tmp/flexllm-no-such.sock?password=s3cret-pw",
+    "redis://app:s3cret-pw@127.0.0.1:notaport/0",               # a bad port: the error names shared=, not urllib
+])
+def test_a_password_anywhere_in_the_store_url_never_reaches_a_repr_error_or_log(server, url, caplog):
+    caplog.set_level(logging.DEBUG, logger="flexllm")
+    url = url.format(port=free_port())
+    try:
+        limit = RateLimit(max_qps=5, shared=url, name="q")
+    except ValueError as exc:
+        assert "shared=" in str(exc) and "s3cret-pw" not in str(exc)
+        return
+    assert "s3cret-pw" not in repr(limit)
+    client = LLMClient(model="m", base_url=server.url, rate_limit=limit, retry_times=0)
+    with pytest.raises(RateLimitStoreError) as info:
+        client.chat_completions_sync(user("x"))
+    assert "s3cret-pw" not in str(info.value) and "s3cret-pw" not in repr(info.value.__dict__)
+    assert "s3cret-pw" not in caplog.text and server.requests == []
+
+
 def test_redis_going_away_mid_batch_pauses_and_resumes_without_losing_items(server, redis, tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="flexllm")
     client = LLMClient(model="m", base_url=server.url, concurrency_limit=4,
