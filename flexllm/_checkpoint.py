@@ -82,7 +82,7 @@ class Checkpoint:
     # -- open / resume -------------------------------------------------------------------------------
     def open(self) -> "Checkpoint":
         """Refuse a foreign file, lock, read what earlier runs finished, drop a torn last line."""
-        if self.path == "-" or self._is_special(self.path):
+        if self.is_stream_path(self.path):
             return self._open_stream()
         self.real = os.path.realpath(self.path)
         if os.path.exists(self.real):
@@ -104,6 +104,11 @@ class Checkpoint:
             self._flusher = threading.Thread(target=self._flush_loop, name="flexllm-fsync", daemon=True)
             self._flusher.start()
         return self
+
+    @staticmethod
+    def is_stream_path(path: str) -> bool:
+        """Whether `path` is written as a plain stream (a pipe, FIFO or device; `-` is standard output)."""
+        return path == "-" or Checkpoint._is_special(path)
 
     @staticmethod
     def _is_special(path: str) -> bool:

@@ -68,6 +68,10 @@ class ProviderBatchJob(SubmitMixin):
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
         if not output_file:
             raise ValueError("provider batch mode needs output_file= (results and the ledger live beside it)")
+        if Checkpoint.is_stream_path(os.fspath(output_file)):
+            raise ValueError(f"submit_batch (--provider-batch) needs a regular output file, not standard output, a "
+                             f"pipe or a device ({str(output_file)!r}): later runs collect into it and keep their "
+                             "ledger beside it")
         if fallback_online_after is not None and not fallback_online_after >= 0:  # NaN too
             raise ValueError(f"fallback_online_after must be >= 0 hours, got {fallback_online_after!r}")
         if isinstance(poll_interval, bool) or not isinstance(poll_interval, (int, float)) \

@@ -138,3 +138,18 @@ def test_pricing_shows_the_batch_price():
     assert one.returncode == 0 and "provider batch" in one.stdout and "input $0.075" in one.stdout
     table = run("pricing")
     assert "batch in" in table.stdout and "50%" in table.stdout
+
+
+def test_provider_batch_to_stdout_or_a_fifo_is_refused_before_anything_is_submitted(server, tmp_path):
+    """A provider batch resumes from its output file and keeps a ledger beside it: `-o -` used to submit (and
+    pay for) every item, then fail writing '-' and leave './-.batches'; a FIFO hung the run forever."""
+    inp = tmp_path / "in.jsonl"
+    write_input(inp, 3)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for out in ("-", str(fifo)):
+        done = run(*args(server, inp, out), timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert "--provider-batch" in done.stderr and "regular" in done.stderr and "Traceback" not in done.stderr
+    assert server.requests == [] and sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "in.jsonl"]
+    assert not os.path.exists("-.batches")
