@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextvars
 import functools
 import queue
+import signal
 import socket
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-__all__ = ["Interrupted", "Scope", "Slots", "bind", "check", "current", "sleep"]
+__all__ = ["Interrupted", "Scope", "Slots", "bind", "check", "current", "sigterm_as_interrupt", "sleep"]
 
 
 class Interrupted(Exception):
@@ -141,3 +142,23 @@ def sleep(seconds: float) -> None:
         time.sleep(seconds)
     elif scope.event.wait(seconds) or scope.event.is_set():
         raise Interrupted("stopped while waiting to retry or for the rate limit")
+
+
+def sigterm_as_interrupt() -> Callable[[], Any]:
+    """While a batch (live or provider) runs in the main thread, SIGTERM stops it like Ctrl-C (results kept,
+    clean exit); returns the function that puts the previous handler back. Nothing changes off the main
+    thread or when the application has its own SIGTERM handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous not in (signal.SIG_DFL, None):
+            return lambda: None
+
+        def handler(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt("SIGTERM")
+
+        signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # not allowed here (embedded interpreter)
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, previous)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import signal
 import threading
 import time
 from collections import Counter
@@ -148,7 +147,7 @@ class BatchJob:
         pool = Workers(workers, self._work, name="flexllm-batch",
                        initializer=functools.partial(_cancel.bind, self._scope))
         interrupted = consumer_left = completed = False
-        restore = _sigterm_as_interrupt()
+        restore = _cancel.sigterm_as_interrupt()
         try:
             # read ahead only when a cache can answer many items in one lookup; otherwise take items one
             # by one, so a slow input (a generator on a pipe) never holds back what has already arrived
@@ -410,21 +409,3 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[List[Any]]:
         if not chunk:
             return
         yield chunk
-
-
-def _sigterm_as_interrupt():
-    """While a batch runs in the main thread, SIGTERM stops it like Ctrl-C (results kept, clean exit)."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    try:
-        previous = signal.getsignal(signal.SIGTERM)
-        if previous not in (signal.SIG_DFL, None):
-            return lambda: None
-
-        def handler(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt("SIGTERM")
-
-        signal.signal(signal.SIGTERM, handler)
-    except (ValueError, OSError):  # not allowed here (embedded interpreter)
-        return lambda: None
-    return lambda: signal.signal(signal.SIGTERM, previous)

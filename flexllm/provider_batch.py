@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 from ._batch_api import BatchCaller, batch_api_for, custom_id
 from ._batch_ledger import Ledger, LedgerBatch
 from ._batch_submit import SubmitMixin
+from ._cancel import sigterm_as_interrupt
 from ._checkpoint import Checkpoint
 from ._logging import get_logger
 from ._pipeline import cache_entry, wire_params
@@ -104,7 +105,15 @@ class ProviderBatchJob(SubmitMixin):
 
     # -- the run -------------------------------------------------------------------------------------
     def run(self, messages_list: Iterable[Any], *, dry_run: bool = False) -> Dict[str, Any]:
-        """Collect, submit, (wait,) summarise. Raises ValueError before any request on unusable input."""
+        """Collect, submit, (wait,) summarise. Raises ValueError before any request on unusable input;
+        SIGTERM (cron's `timeout`, systemd) stops it like Ctrl-C, as it does a live batch."""
+        restore = sigterm_as_interrupt()
+        try:
+            return self._run(messages_list, dry_run=dry_run)
+        finally:
+            restore()
+
+    def _run(self, messages_list: Iterable[Any], *, dry_run: bool) -> Dict[str, Any]:
         self.messages = messages_list if isinstance(messages_list, Sequence) else list(messages_list)
         total = len(self.messages)
         if self.metadata_list is not None and len(self.metadata_list) != total:

@@ -2,6 +2,7 @@
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 
@@ -153,3 +154,22 @@ def test_provider_batch_to_stdout_or_a_fifo_is_refused_before_anything_is_submit
         assert "--provider-batch" in done.stderr and "regular" in done.stderr and "Traceback" not in done.stderr
     assert server.requests == [] and sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "in.jsonl"]
     assert not os.path.exists("-.batches")
+
+
+def test_sigterm_stops_a_waiting_provider_batch_like_ctrl_c(server, tmp_path):
+    """`timeout 1h flexllm batch ... --provider-batch --wait` (cron) and systemd stop with SIGTERM: it used to
+    kill the process by the signal (no message, exit -15); now it exits 130 like Ctrl-C and a rerun collects."""
+    server.configure(batch_time_scale=3600)  # a 1 h batch: about one second
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    with open(inp, "w") as f:
+        f.write("".join(json.dumps({"prompt": f"w{i} [[mock:batch_hours=2000;times=1]]"}) + "\n" for i in range(3)))
+    proc = start(*args(server, inp, out, "--wait", "--poll-interval", "0.2"))
+    wait_for(lambda: proc.poll() is not None or sum(r.path.startswith("/v1/batches/") for r in server.requests) >= 2,
+             timeout=60, what="the run to poll")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    stderr = proc.stderr.read()
+    proc.stderr.close()
+    assert "interrupted" in stderr and "Rerun" in stderr and "Traceback" not in stderr
+    creates = [r for r in server.requests if r.method == "POST" and r.path == "/v1/batches"]
+    assert len(creates) == 1
