@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator, Dict, Iterable, Iterator, List, Optional,
 
 from ._aio import aiter_in_thread, run_in_thread, run_stoppable
 from ._logging import get_logger
+from ._items import BATCH_OPTIONS
 from ._messages import check_messages
 from ._pipeline import Outcome
 from .types import BatchResultItem, ChatCompletionResult, StreamEvent
@@ -38,6 +39,14 @@ def _refuse_events(kwargs: Dict[str, Any]) -> None:
     if "events" in kwargs:
         raise ValueError("events= belongs to chat_completions_stream_sync / chat_completions_stream; "
                          "a single call or a batch returns whole replies (return_usage=True for their parts)")
+
+
+def _refuse_batch_options(kwargs: Dict[str, Any]) -> None:
+    """Batch options on a single call or stream: ValueError (sent in the body they would be ignored or a 400)."""
+    options = sorted(k for k in BATCH_OPTIONS if k in kwargs)
+    if options:
+        raise ValueError(f"{', '.join(o + '=' for o in options)} belong to batches (chat_completions_batch_sync, "
+                         "iter_chat_completions_batch); a single call or stream does not take them")
 
 
 class ClientAPI:
@@ -94,6 +103,7 @@ class ClientAPI:
         result with return_usage); a JSON Schema dict is validated too and the text returned as usual.
         """
         _refuse_events(kwargs)
+        _refuse_batch_options(kwargs)
         outcome = self._complete(check_messages(messages), self._model(model), kwargs, skip_cache=skip_cache,
                                  read_cache=not return_raw)
         if return_raw:
@@ -120,6 +130,7 @@ class ClientAPI:
         whole reply — what a view relaying server-sent events needs to show thinking, tool calls, usage
         and the finish reason.
         """
+        _refuse_batch_options(kwargs)
         stream = self._stream(check_messages(messages), self._model(model), kwargs, skip_cache=skip_cache)
         if events:
             yield from stream

@@ -13,9 +13,12 @@ from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Set, Tuple
 from ._record import dumps
 from .structured import prepare
 
-__all__ = ["REDO_CHOICES", "ItemParams", "redo_rule"]
+__all__ = ["BATCH_OPTIONS", "REDO_CHOICES", "ItemParams", "redo_rule"]
 
 REDO_CHOICES = ("error", "length", "all")
+#: keywords of a whole batch call: never request parameters (a single call or a params_list entry refuses them)
+BATCH_OPTIONS = ("output_file", "metadata_list", "params_list", "redo", "max_cost_usd", "show_progress",
+                 "return_summary", "flush_interval")
 
 
 def redo_rule(redo: Any) -> Optional[Callable[[Dict[str, Any]], bool]]:
@@ -80,6 +83,9 @@ class ItemParams:
         if settings:  # checked before the record (which keeps the entry) is written: a key never lands in a file
             raise ValueError(f"params_list[{index}] has {settings}: client settings, not request parameters "
                              "(pass them to the client)")
+        options = sorted(k for k in BATCH_OPTIONS if k in own)
+        if options:
+            raise ValueError(f"params_list[{index}] has {options}: options of the whole batch call, not of one item")
         model = own.get("model")
         if model is not None:
             if not isinstance(model, str) or not model:

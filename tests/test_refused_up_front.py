@@ -128,3 +128,24 @@ def test_endpoint_settings_given_with_clients_are_refused_not_ignored(server):
             LLMClientPool(clients=clients, **kwargs)
     pool = LLMClientPool(clients=clients, retry_times=1, retry_delay=0.01, model="m")  # the pool's own loop uses these
     assert pool.chat_completions_sync(user("ok")) == "echo: ok"
+
+
+BATCH_OPTIONS = {"max_cost_usd": 1.0, "output_file": "/tmp/flexllm-never.jsonl", "redo": "length",
+                 "params_list": [{}], "metadata_list": [{}], "show_progress": False, "return_summary": True,
+                 "flush_interval": 1.0}
+
+
+@pytest.mark.parametrize("name", sorted(BATCH_OPTIONS))
+def test_a_batch_option_given_to_a_single_call_is_refused_not_sent_or_ignored(server, name):
+    """`max_cost_usd=` on a single call was sent in the JSON body (a real server 400s; one that ignores unknown
+    fields ran uncapped), `output_file=` sent the local path to the server: all refused before any request."""
+    kw = {name: BATCH_OPTIONS[name]}
+    client = LLMClient(model="gpt-4o-mini", base_url=server.url, retry_delay=0.01)
+    with pytest.raises(ValueError, match=name):
+        client.chat_completions_sync(user("a"), **kw)
+    with pytest.raises(ValueError, match=name):
+        list(client.chat_completions_stream_sync(user("a"), **kw))
+    if name not in ("params_list", "metadata_list"):  # per-item entries: options of the whole batch
+        with pytest.raises(ValueError, match=name):
+            client.chat_completions_batch_sync([user("a"), user("b")], params_list=[None, kw], show_progress=False)
+    assert server.requests == []
