@@ -176,6 +176,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
         if unsupported:
             client.close()
             raise UsageError(f"--provider-batch does not take {', '.join(unsupported)} (live batches do)")
+        try:  # as for a live batch: a parameter the provider refuses stops here, naming its flag
+            client._batch_runner().check_params(client._model(None), params)
+        except ValueError as exc:
+            client.close()
+            raise UsageError(_flag_named(exc, args)) from None
         return _provider_batch(args, client, messages_list, metadata)
     try:  # a parameter the provider refuses (--thinking minimal for Claude) stops here, before any request
         job = client._batch_job(None, params, checkpoint, metadata, not args.no_progress, 1.0, False,

@@ -31,10 +31,12 @@ def test_a_thinking_level_claude_cannot_honour_fails_the_batch_before_any_reques
 def test_cli_batch_with_a_thinking_level_claude_cannot_honour_is_a_usage_error(server, tmp_path):
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_input(inp, 3)
-    res = run("batch", str(inp), "-o", str(out), "--model", "claude-haiku-4-5", "--provider", "anthropic",
-              "--base-url", server.root_url, "--thinking", "minimal", env={"ANTHROPIC_API_KEY": "sk-ant-test"})
-    assert res.returncode == 2, res.stderr
-    assert "--thinking" in res.stderr and "Traceback" not in res.stderr
+    for extra in ((), ("--provider-batch",)):
+        res = run("batch", str(inp), "-o", str(out), "--model", "claude-haiku-4-5", "--provider", "anthropic",
+                  "--base-url", server.root_url, "--thinking", "minimal", *extra,
+                  env={"ANTHROPIC_API_KEY": "sk-ant-test"})
+        assert res.returncode == 2, res.stderr
+        assert "--thinking" in res.stderr and "Traceback" not in res.stderr, (extra, res.stderr)
     assert len(server.requests) == 0
 
 
