@@ -117,7 +117,7 @@ class Pipeline(StreamingMixin):
         self.concurrency_limit = int(concurrency_limit)
         self._slots = _cancel.Slots(self.concurrency_limit)
         limiters: List[Limiter] = []
-        if max_qps is not None:  # None = no limit; 0 is refused by RateLimit. The client's own max_qps: a private in-process budget, as before RateLimit existed
+        if max_qps is not None:  # the client's own private budget; None = no limit (RateLimit refuses 0)
             limiters.append(Limiter(RateLimit(max_qps=max_qps, shared="memory", name="max_qps"),
                                     store=MemoryStore()))
         if rate_limit is not None:
