@@ -315,3 +315,31 @@ def test_vertex_without_credentials_is_a_clear_value_error_at_construction(tmp_p
     assert "access_token=" in res.stdout and "GOOGLE_APPLICATION_CREDENTIALS" in res.stdout
     assert "DefaultCredentialsError" not in res.stderr  # not chained: the traceback is flexllm's alone
     assert "SECRET-KEY" not in out
+
+
+def test_vertex_credentials_that_cannot_refresh_are_flexllm_errors_before_any_request(server):
+    """A revoked service-account key (google-auth RefreshError) is an AuthenticationError, an unreachable
+    token endpoint (TransportError) an APIConnectionError — flexllm's types, so callers and pools can tell
+    them apart; nothing reaches the model endpoint."""
+    gae = pytest.importorskip("google.auth.exceptions")
+    from flexllm import APIConnectionError, AuthenticationError
+
+    class Creds:
+        token, expiry = None, None
+
+        def __init__(self, error):
+            self.error = error
+
+        def refresh(self, request):
+            raise self.error
+
+    for error, kind in ((gae.RefreshError("invalid_grant: Invalid JWT Signature.", {"error": "invalid_grant"}),
+                         AuthenticationError),
+                        (gae.TransportError("connection refused"), APIConnectionError)):
+        c = GeminiClient(project_id="proj", use_vertex_ai=True, credentials=Creds(error), base_url=server.root_url,
+                         retry_times=0)
+        with pytest.raises(kind, match="Vertex AI"):
+            c.chat_completions_sync(user("x"))
+        with pytest.raises(kind, match="Vertex AI"):
+            c.chat_completions_batch_sync([user("a"), user("b")], show_progress=False)
+    assert len(server.requests) == 0

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from ..errors import LLMError
+from ..errors import APIConnectionError, AuthenticationError, LLMError
 
 __all__ = ["VertexTokenProvider"]
 
@@ -84,6 +84,25 @@ class VertexTokenProvider:
         if self._stale():
             with self._lock:
                 if self._stale():
-                    self._credentials.refresh(self._request())
+                    self._refresh()
                     self.refreshes += 1
         return self._credentials.token
+
+    def _refresh(self) -> None:
+        """Refresh the credentials; google-auth's failures as flexllm's types (a refused key, no network)."""
+        try:
+            self._credentials.refresh(self._request())
+        except Exception as exc:
+            try:
+                from google.auth import exceptions as gae
+            except ImportError:  # custom credentials without google-auth: their own error stands
+                raise exc from None
+            reason = str(exc.args[0] if exc.args else exc)[:200]  # google's words, never the credentials
+            if isinstance(exc, gae.RefreshError):
+                raise AuthenticationError(f"Vertex AI: Google refused to refresh the access token ({reason}); "
+                                          "check the service account key or run `gcloud auth application-default "
+                                          "login`", status_code=401, provider="gemini") from None
+            if isinstance(exc, gae.TransportError):
+                raise APIConnectionError(f"Vertex AI: could not reach Google to refresh the access token "
+                                         f"({reason})", provider="gemini") from None
+            raise
