@@ -63,9 +63,10 @@ def _client(args: argparse.Namespace, **extra: Any):
 def _rate_limit(args: argparse.Namespace):
     """The RateLimit the budget flags ask for, or None (then --qps stays this run's private limit)."""
     from .errors import LLMError
-    from .ratelimit import RateLimit
+    from .ratelimit import RATE_LIMIT_STORE_ENV, RateLimit
 
-    shared = args.rate_limit_store or args.rate_limit_name
+    # a store from the environment is a shared budget too: --qps counts against it (as --help says)
+    shared = args.rate_limit_store or args.rate_limit_name or os.environ.get(RATE_LIMIT_STORE_ENV, "").strip()
     if not (shared or args.rpm or args.tpm):
         return None
     try:

@@ -310,6 +310,29 @@ def test_cli_runs_share_a_budget_through_the_store_flags(server, tmp_path):
     assert bad.returncode == 2 and "shared" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_cli_qps_joins_the_budget_named_by_the_environment(server, tmp_path):
+    """`--help`: the store comes from --rate-limit-store or FLEXLLM_RATE_LIMIT_STORE, and "--qps then counts
+    against the shared budget too". With only the variable set (the README's crontab) --qps stayed private to
+    each run: N cron jobs at --qps 20 sent N x 20/s; a bad URL in the variable was silently ignored."""
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(3)))
+    db = tmp_path / "env.db"
+
+    def cli(store, out):
+        return subprocess.run([sys.executable, "-m", "flexllm", "batch", str(inp), "-o", str(tmp_path / out),
+                               "--model", "m", "--base-url", server.url, "--qps", "50", "--no-progress"],
+                              capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, PYTHONPATH=os.getcwd(), FLEXLLM_RATE_LIMIT_STORE=store))
+
+    bad = cli("ftp://nowhere", "bad.jsonl")
+    assert bad.returncode == 2 and "FLEXLLM_RATE_LIMIT_STORE" in bad.stderr and "Traceback" not in bad.stderr
+    assert server.requests == []
+    good = cli(f"sqlite:///{db}", "good.jsonl")
+    assert good.returncode == 0, good.stderr
+    rows = sqlite3.connect(str(db)).execute("SELECT name, dim FROM flexllm_rate_budget").fetchall()
+    assert ("default", "qps") in rows, rows  # the run reserved its starts in the shared budget
+
+
 def test_many_connections_opening_a_new_budget_file_at_once_all_get_it(tmp_path):
     # the WAL switch of a fresh file races: SQLite answers "locked" at once to some openers; each must open
     errors = []
