@@ -171,7 +171,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     client = _client(args, concurrency_limit=args.concurrency, cache=cache, rate_limit=limit,
                      max_qps=None if limit is not None and limit.max_qps else args.qps)
     if args.provider_batch:
-        unsupported = [flag for flag, given in (("--schema", args.schema), ("--max-cost", args.max_cost),
+        unsupported = [flag for flag, given in (("--max-cost", args.max_cost),
                                                 ("--redo", args.redo), ("a \"params\" input line", params_list),
                                                 ("--format csv", csv_out)) if given]
         if unsupported:
@@ -182,7 +182,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         except ValueError as exc:
             client.close()
             raise UsageError(_flag_named(exc, args)) from None
-        return _provider_batch(args, client, messages_list, metadata)
+        return _provider_batch(args, client, messages_list, metadata, params)
     try:  # a parameter the provider refuses (--thinking minimal for Claude) stops here, before any request
         job = client._batch_job(None, params, checkpoint, metadata, not args.no_progress, 1.0, False,
                                 params_list=params_list, redo=args.redo, max_cost_usd=args.max_cost)
@@ -261,11 +261,11 @@ def _guarded(client: Any, run: Any, interrupted: str) -> Tuple[Optional[Dict[str
 
 
 def _provider_batch(args: argparse.Namespace, client: Any, messages_list: List[List[dict]],
-                    metadata: List[dict]) -> int:
+                    metadata: List[dict], params: Dict[str, Any]) -> int:
     summary, code = _guarded(client, lambda: client.submit_batch(
         messages_list, output_file=args.output, metadata_list=metadata, wait=args.wait,
         fallback_online_after=args.fallback_online_after, poll_interval=args.poll_interval,
-        show_progress=args.wait and not args.no_progress, dry_run=getattr(args, "dry_run", False), **_params(args)),
+        show_progress=args.wait and not args.no_progress, dry_run=getattr(args, "dry_run", False), **params),
         f"submitted batches are in {args.output}.batches and results so far in {args.output}. "
         "Rerun the same command to collect and continue.")
     if summary is None:

@@ -173,3 +173,18 @@ def test_sigterm_stops_a_waiting_provider_batch_like_ctrl_c(server, tmp_path):
     assert "interrupted" in stderr and "Rerun" in stderr and "Traceback" not in stderr
     creates = [r for r in server.requests if r.method == "POST" and r.path == "/v1/batches"]
     assert len(creates) == 1
+
+
+def test_schema_flag_works_with_provider_batches_as_the_readme_says(server, tmp_path):
+    """README: a schema response_format is sent in provider batches and each reply validated when collected
+    (`parsed`); only params lines, --redo, --max-cost and --format csv are live-only. The CLI refused --schema."""
+    server.configure(batch_time_scale=86400)
+    inp, out, schema = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "person.schema.json"
+    write_input(inp, 3)
+    schema.write_text(json.dumps({"type": "object", "properties": {"name": {"type": "string"}},
+                                  "required": ["name"], "additionalProperties": False}))
+    done = run(*args(server, inp, out, "--schema", str(schema), "--wait", "--poll-interval", "0.2"))
+    assert done.returncode == 0, done.stderr
+    records = read_records(out)
+    assert len(records) == 3 and all(r["via"] == "provider-batch" and isinstance(r["parsed"], dict)
+                                     and "name" in r["parsed"] for r in records), records
