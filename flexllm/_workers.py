@@ -9,6 +9,8 @@ per item); a job is a tuple on one queue and its outcome a tuple on another, and
 from __future__ import annotations
 
 import queue
+import threading
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, List, Optional, Tuple
 
@@ -25,8 +27,10 @@ class Workers:
     """
 
     def __init__(self, size: int, fn: Callable[..., Any], *, name: str,
-                 initializer: Optional[Callable[[], None]] = None) -> None:
+                 initializer: Optional[Callable[[], None]] = None,
+                 on_exit: Optional[Callable[[], None]] = None) -> None:
         self.size = max(1, size)
+        self._on_exit = on_exit  # called if the interpreter exits while this pool is open (stop the batch)
         self.outstanding = 0  # submitted and not yet taken from `done`
         self.done: "queue.SimpleQueue[Tuple[Any, Optional[BaseException]]]" = queue.SimpleQueue()
         self._jobs: "queue.SimpleQueue[Optional[tuple]]" = queue.SimpleQueue()
@@ -35,6 +39,7 @@ class Workers:
         self._loops: List[Future] = []  # one per thread, each running `_loop` until the batch ends
         self._busy: List[bool] = []  # per thread: running a job now (one list store per job, no lock)
         self._closed = False
+        _live.add(self)
 
     def submit(self, *job: Any) -> None:
         """Queue one job (a worker picks it up as soon as one is free)."""
@@ -81,9 +86,22 @@ class Workers:
         """Let every thread exit once the queued jobs are done; `wait` joins them."""
         if not self._closed:
             self._closed = True
+            _live.discard(self)
             for _ in self._loops:
                 self._jobs.put(_STOP)
         self._executor.shutdown(wait=wait)
+
+    def _exiting(self) -> None:
+        """The interpreter is exiting with this pool open (a batch iterator left unfinished): queued jobs
+        are dropped, running ones finish, and every thread ends, so the exit does not wait forever."""
+        if self._on_exit is not None:
+            self._on_exit()
+        while True:
+            try:
+                self._jobs.get_nowait()
+            except queue.Empty:
+                break
+        self.close(wait=False)
 
     def _loop(self, slot: int) -> None:
         get, put, fn, busy = self._jobs.get, self.done.put, self._fn, self._busy
@@ -99,3 +117,19 @@ class Workers:
             busy[slot] = False
             put(outcome)
             del job, outcome
+
+
+_live: "weakref.WeakSet[Workers]" = weakref.WeakSet()  # pools not closed yet
+
+
+def _at_exit() -> None:
+    for pool in list(_live):
+        pool._exiting()
+
+
+# like concurrent.futures' own hook: runs before the interpreter joins the executor's threads (registered
+# after it, so called before it), which would otherwise wait on loops that no job or sentinel will reach
+try:
+    threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
+except (AttributeError, RuntimeError):  # an interpreter without the hook, or one already exiting
+    pass

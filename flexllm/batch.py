@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import sys
 import threading
 import time
 from collections import Counter
@@ -145,7 +146,7 @@ class BatchJob:
                                  show_cost=self.budget is not None or get_model_pricing(self._priced(self.model)) is not None,
                                  status=getattr(self.runner, "budget_status", None))
         pool = Workers(workers, self._work, name="flexllm-batch",
-                       initializer=functools.partial(_cancel.bind, self._scope))
+                       initializer=functools.partial(_cancel.bind, self._scope), on_exit=self._stop.set)
         interrupted = consumer_left = completed = False
         restore = _cancel.sigterm_as_interrupt()
         try:
@@ -190,7 +191,7 @@ class BatchJob:
             in_flight = pool.running
             close = functools.partial(self._close, pool, in_flight, progress, checkpoint, started,
                                       interrupted, completed and not self._stop.is_set())
-            if consumer_left and pool.outstanding:  # never make the consumer's `break` wait on the network
+            if consumer_left and pool.outstanding and not sys.is_finalizing():  # never make a `break` wait
                 if in_flight:
                     logger.warning("batch stopped by its consumer: %d request(s) in flight will be kept%s when they "
                                    "finish; items not started are not; rerun to resume", in_flight,

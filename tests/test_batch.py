@@ -309,3 +309,40 @@ def test_worker_threads_match_the_work_and_are_gone_after_the_batch(server):
     assert client.chat_completions_batch_sync([user(f"u{i}") for i in range(40)], show_progress=False) == [
         f"echo: u{i}" for i in range(40)]
     wait_for(lambda: not names(), what="the second batch's worker threads to exit")
+
+
+LEFT_OPEN = textwrap.dedent("""
+    import sys
+    from flexllm import OpenAIClient
+    client = OpenAIClient(base_url=sys.argv[1], model="mock-model", concurrency_limit=4)
+    it = client.iter_chat_completions_batch([[{"role": "user", "content": f"k{i}"}] for i in range(120)],
+                                            output_file=sys.argv[2], show_progress=False)
+    print(next(it).status, flush=True)  # the script ends with the iterator still open (a module global)
+""")
+
+
+def test_a_batch_iterator_left_open_at_exit_does_not_hang_the_interpreter(server, tmp_path):
+    out = tmp_path / "out.jsonl"
+    server.configure(latency=0.05)
+    proc = subprocess.Popen([sys.executable, "-c", LEFT_OPEN, server.url, str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    try:
+        stdout, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the interpreter hung at exit with a batch iterator left open")
+    assert proc.returncode == 0 and stdout.strip() == b"success", stderr.decode()[-2000:]
+    assert out.read_bytes().endswith(b"\n")
+    kept = len(read_records(out))  # whole records only: what finished before the exit
+    assert 1 <= kept < 120
+    server.configure(latency=0.0)
+    assert child_resumes(server, out, 120)
+
+
+def child_resumes(server, out, n):
+    client = make_client(server)
+    results = client.chat_completions_batch_sync([user(f"k{i}") for i in range(n)], output_file=str(out),
+                                                 show_progress=False)
+    assert results == [f"echo: k{i}" for i in range(n)]
+    assert sorted(r["index"] for r in read_records(out)) == list(range(n))
+    return True
