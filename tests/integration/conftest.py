@@ -66,6 +66,24 @@ def _config(upstream_url: str) -> dict:
     }
 
 
+def _answers(proc, port, deadline, proxy) -> bool:
+    """Wait (bounded) until the proxy answers; False if it exited because its port was taken meanwhile."""
+    while True:
+        if proc.poll() is not None:
+            with open(proxy.log_path, errors="replace") as f:
+                if "address already in use" in f.read().lower():
+                    return False
+            pytest.fail(f"the LiteLLM proxy exited with {proc.returncode} at start:\n{proxy.log_tail()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health/liveliness", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"the LiteLLM proxy did not answer within {START_BOUND:.0f} s:\n{proxy.log_tail()}")
+        time.sleep(0.2)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -94,35 +112,31 @@ def litellm_proxy(tmp_path_factory):
     upstream = MockServer(require_key=UPSTREAM_KEY).start()
     config = workdir / "config.json"  # YAML is a superset of JSON
     config.write_text(json.dumps(_config(upstream.url)))
-    port = _free_port()
     log_path = str(workdir / "proxy.log")
     env = dict(os.environ, **OFFLINE_ENV)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-c", "import litellm; litellm.run_server()", "--config",
-                                 str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
-                                cwd=str(workdir), env=env, stdout=log, stderr=subprocess.STDOUT)
-    proxy = Proxy(f"http://127.0.0.1:{port}/v1", upstream, log_path)
+    deadline = time.monotonic() + START_BOUND
+    proc = None
     try:
-        deadline = time.monotonic() + START_BOUND
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the LiteLLM proxy exited with {proc.returncode} at start:\n{proxy.log_tail()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health/liveliness", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the LiteLLM proxy did not answer within {START_BOUND:.0f} s:\n{proxy.log_tail()}")
-            time.sleep(0.2)
+        for _ in range(3):  # the free port may be taken by another process before the proxy binds it (~20 s on)
+            port = _free_port()
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen([sys.executable, "-c", "import litellm; litellm.run_server()", "--config",
+                                         str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers",
+                                         "1"], cwd=str(workdir), env=env, stdout=log, stderr=subprocess.STDOUT)
+            proxy = Proxy(f"http://127.0.0.1:{port}/v1", upstream, log_path)
+            if _answers(proc, port, deadline, proxy):
+                break
+        else:
+            pytest.fail(f"the LiteLLM proxy found no free port to listen on:\n{proxy.log_tail()}")
         yield proxy
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         upstream.stop()
 
 
