@@ -11,7 +11,7 @@ import collections
 import json
 import re
 import sys
-from typing import Any, Deque, Iterator, List, Optional, Tuple
+from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple
 
 from ._messages import find_lone_surrogate
 
@@ -99,11 +99,17 @@ class BatchInput:
         self.path, self.system, self.limit = path, system, limit
         self.total: Optional[int] = None
         self.has_params = True  # unknown for stdin: every item then gets an entry (None = the call's params)
+        #: model named by a line's own params → its first line (a file only: checked before any request)
+        self.models: Dict[str, int] = {}
         if path != "-":
             self.total = self.has_params = 0
-            for _, _, row in iter_rows(path, system, limit):
+            for lineno, _, row in iter_rows(path, system, limit):
                 self.total += 1
                 self.has_params = self.has_params or "params" in row
+                own = row.get("params")
+                model = own.get("model") if isinstance(own, dict) else None
+                if isinstance(model, str) and model not in self.models:
+                    self.models[model] = lineno
         # what items drawn from `messages` but not yet paired carry: a few entries, never the file
         self._meta: Deque[dict] = collections.deque()
         self._params: Deque[Optional[dict]] = collections.deque()

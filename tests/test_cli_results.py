@@ -87,6 +87,16 @@ def test_max_cost_with_an_unpriced_model_is_refused(server, tmp_path):
     assert server.requests == [] and not out.exists()
 
 
+def test_max_cost_with_an_unpriced_model_on_one_input_line_is_refused_before_any_request(server, tmp_path):
+    """README: an unpriced model and a cap is a ValueError before any request. A line's own "params" model
+    was only found when the batch reached it: the lines before it had been sent and paid for."""
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_lines(inp, [{"prompt": "a"}, {"prompt": "b"}, {"prompt": "c", "params": {"model": "weird-model"}}])
+    res = batch(server, inp, out, "--max-cost", "5", model=PRICED)
+    assert res.returncode == 2 and "weird-model" in res.stderr and "in.jsonl:3" in res.stderr, res.stderr
+    assert server.requests == [] and (not out.exists() or out.read_bytes() == b"")
+
+
 def test_dry_run_counts_and_prices_and_sends_nothing(server, tmp_path):
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_lines(inp, [{"prompt": "hello there"}] * 4)
