@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import sys
 import threading
 import time
@@ -48,6 +49,9 @@ class BatchJob:
                  stop: Optional[threading.Event] = None) -> None:
         if redo is not None and not output_file:
             raise ValueError("redo= needs an output_file: it selects finished records of an earlier run to ask again")
+        if redo is not None and output_file and Checkpoint.is_stream_path(os.fspath(output_file)):
+            raise ValueError(f"redo= needs an output file a rerun can read back, not standard output, a pipe or a "
+                             f"device ({str(output_file)!r})")
         self.redo = redo_rule(redo)
         self.params_list = params_list
         self.max_cost_usd = max_cost_usd

@@ -148,3 +148,13 @@ def test_an_unwritable_csv_is_named_and_the_jsonl_is_kept(server, tmp_path):
     assert res.returncode == 1 and f"cannot write the CSV {out}" in res.stderr
     assert read_records(tmp_path / "res.jsonl")[0]["output"] == "echo: a"
     assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]  # no half-written CSV left behind
+
+
+def test_redo_with_an_output_that_cannot_be_resumed_is_refused(server, tmp_path):
+    """`redo=` without output_file is a ValueError (README); `-o -` (or a device) cannot be resumed either, yet
+    `--redo length -o -` ran the whole batch and silently redid nothing."""
+    inp = tmp_path / "in.jsonl"
+    write_lines(inp, [{"prompt": "a"}])
+    res = batch(server, inp, "-", "--redo", "length")
+    assert res.returncode == 2 and "redo" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert server.requests == []
