@@ -96,8 +96,9 @@ class ProviderRouter:
             raise ValueError("ProviderRouter needs at least one provider")
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
-        if int(failure_threshold) < 1:
-            raise ValueError(f"failure_threshold must be >= 1, got {failure_threshold!r}")
+        if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, (int, float)) \
+                or not failure_threshold >= 1 or failure_threshold != int(failure_threshold):  # 1.5 acted as 2
+            raise ValueError(f"failure_threshold must be a whole number >= 1, got {failure_threshold!r}")
         if not recovery_time >= 0 or math.isinf(recovery_time):
             raise ValueError(f"recovery_time must be a finite number of seconds >= 0, got {recovery_time!r}")
         index: Dict[int, int] = {}

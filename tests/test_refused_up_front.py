@@ -151,3 +151,9 @@ def test_a_batch_option_given_to_a_single_call_is_refused_not_sent_or_ignored(se
         with pytest.raises(ValueError, match=name):
             client.chat_completions_batch_sync([user("a"), user("b")], params_list=[None, kw], show_progress=False)
     assert server.requests == []
+
+
+@pytest.mark.parametrize("threshold", [0, 1.5, -1, True])
+def test_a_pool_failure_threshold_is_a_whole_number_of_failures(server, threshold):
+    with pytest.raises(ValueError, match="failure_threshold"):
+        LLMClientPool(endpoints=[{"base_url": server.url, "model": "m"}], failure_threshold=threshold)
