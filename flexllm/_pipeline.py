@@ -18,7 +18,7 @@ from ._stores import MemoryStore
 from .config import ResponseCacheConfig
 from .errors import LLMError, RateLimitError, ResponseParseError, ResponseValidationError
 from ._netconfig import TransportOptions
-from .http import Transport, dumps
+from .http import Transport, dumps, seconds
 from .providers.base import ProviderAdapter, RequestSpec
 from .ratelimit import RateLimit
 from .retry import RetryPolicy, is_retryable
@@ -128,11 +128,11 @@ class Pipeline(StreamingMixin):
             if rate_limit is not None and rate_limit.adaptive else None
         self.budget_stats = BudgetStats()
         self._sleep = sleep
-        self._timeout = float(timeout)
+        self._timeout = seconds(timeout)
         self.retry = RetryPolicy(retry_times, retry_delay, sleep=sleep, retryable=retryable)
         self._options = options
         redact = adapter.redact if options is None else (lambda text: options.redact(adapter.redact(text)))
-        self.transport = transport or Transport(timeout=float(timeout), max_connections=self.concurrency_limit,
+        self.transport = transport or Transport(timeout=self._timeout, max_connections=self.concurrency_limit,
                                                 provider=adapter.name, redact=redact, options=options)
         self._cache_config = cache if cache is not None and cache.enabled else None
         self._cache: Optional["ResponseCache"] = None

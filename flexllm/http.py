@@ -79,6 +79,13 @@ def _mapped(provider: str, model: str, redact: Callable[[str], str], proxy_at: O
                                  provider=provider, model=model) from _without_frames(exc)
 
 
+def seconds(timeout: Any) -> float:
+    """`timeout` as float seconds; True/False are refused (they would silently mean 1 s / 0 s)."""
+    if isinstance(timeout, bool):
+        raise ValueError(f"timeout must be a number of seconds above 0, got {timeout!r}")
+    return float(timeout)
+
+
 class _Deadline(dict):
     """httpcore's per-request timeout dict, whose values are the time left until one deadline.
 
@@ -148,7 +155,7 @@ class Transport:
         self.provider = provider
         self._options = options or TransportOptions()
         self._timeout = httpx.Timeout(timeout, connect=min(DEFAULT_CONNECT_TIMEOUT, timeout))
-        self._total = float(timeout)  # each chat request's deadline (`_Deadline`); a call's own timeout wins
+        self._total = seconds(timeout)  # each chat request's deadline (`_Deadline`); a call's own timeout wins
         _Deadline(self._total)  # validate now: a bad timeout is the caller's error, never a retried failure
         # a shard never blocks on its own limit: the client's semaphore bounds the total in flight (a request
         # abandoned by a cancelled await gave its slot back while still on the wire: it must not block either)
@@ -211,7 +218,7 @@ class Transport:
         """The request's deadline in seconds: its own timeout, else the client's (ValueError if not above 0)."""
         if spec.timeout is None:
             return self._total
-        return _Deadline(float(spec.timeout)).total  # validates
+        return _Deadline(seconds(spec.timeout)).total  # validates
 
     def _request(self, spec: RequestSpec) -> httpx.Request:
         client = self._get_client()

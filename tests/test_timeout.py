@@ -38,7 +38,7 @@ def test_stream_whose_lines_trickle_hits_the_gap_deadline(server):
         list(c.chat_completions_stream_sync(user("[[mock:trickle=0.3]] slow")))
 
 
-@pytest.mark.parametrize("bad", [0, -5, float("nan"), float("inf")])
+@pytest.mark.parametrize("bad", [0, -5, float("nan"), float("inf"), True])
 def test_timeout_must_be_positive_and_finite(server, bad):
     with pytest.raises(ValueError, match="timeout"):
         OpenAIClient(base_url=server.url, model="m", timeout=bad)
