@@ -261,18 +261,31 @@ class ClientAPI:
         `fallback_online_after` (hours) sends items of a batch unfinished after that long through the
         live engine. See `flexllm.provider_batch` and README "Half-price batches".
         """
+        return self._submit_batch(messages_list, output_file, metadata_list, wait, fallback_online_after, model=model,
+                                  poll_interval=poll_interval, show_progress=show_progress, skip_cache=skip_cache,
+                                  dry_run=dry_run, **kwargs)
+
+    def _submit_batch(self, messages_list: Iterable[List[dict]], output_file: str = "out.jsonl",
+                      metadata_list: Optional[List[dict]] = None, wait: bool = False,
+                      fallback_online_after: Optional[float] = None, *, model: Optional[str] = None,
+                      poll_interval: float = 30.0, show_progress: bool = False, skip_cache: bool = False,
+                      dry_run: bool = False, stop: Optional[threading.Event] = None, **kwargs: Any) -> Dict[str, Any]:
         from .provider_batch import ProviderBatchJob
 
         _refuse_events(kwargs)
         self._batch_runner().check_params(self._model(model), kwargs)
         job = ProviderBatchJob(self, self._model(model), kwargs, output_file=output_file,
                                metadata_list=metadata_list, wait=wait, fallback_online_after=fallback_online_after,
-                               poll_interval=poll_interval, show_progress=show_progress, skip_cache=skip_cache)
+                               poll_interval=poll_interval, show_progress=show_progress, skip_cache=skip_cache,
+                               stop=stop)
         return job.run(messages_list, dry_run=dry_run)
 
     async def asubmit_batch(self, messages_list: Iterable[List[dict]], **kwargs: Any) -> Dict[str, Any]:
-        """Async twin of `submit_batch`."""
-        return await run_in_thread(self._pool(), lambda: self.submit_batch(messages_list, **kwargs))
+        """Async twin of `submit_batch`. Cancelling the await stops a waiting run (no further poll, submit or
+        download starts) and returns once the output file is unlocked, so a rerun can start right away."""
+        stop = threading.Event()
+        return await run_stoppable(self._pool(), lambda: self._submit_batch(messages_list, stop=stop, **kwargs),
+                                   stop, lambda: None)
 
     # -- resources -----------------------------------------------------------------------------------
     def __enter__(self) -> "ClientAPI":

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import glob
 import os
+import threading
 import time
 from collections import Counter
 from dataclasses import replace
@@ -66,7 +67,8 @@ class ProviderBatchJob(SubmitMixin):
                  metadata_list: Optional[Sequence[Any]] = None, wait: bool = False,
                  fallback_online_after: Optional[float] = None, poll_interval: float = 30.0,
                  show_progress: bool = False, skip_cache: bool = False, max_requests: Optional[int] = None,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
+                 stop: Optional[threading.Event] = None) -> None:
         if not output_file:
             raise ValueError("provider batch mode needs output_file= (results and the ledger live beside it)")
         if Checkpoint.is_stream_path(os.fspath(output_file)):
@@ -92,6 +94,10 @@ class ProviderBatchJob(SubmitMixin):
         self.poll_interval, self.show_progress, self.skip_cache = poll_interval, show_progress, skip_cache
         self.max_requests = max_requests
         self._clock, self._sleep = clock, sleep
+        #: set by a cancelled await (asubmit_batch): the run ends at its next step, the file is left whole
+        self._stop = stop
+        if stop is not None and sleep is time.sleep:
+            self._sleep = stop.wait
         self.pipeline = client._batch_runner()
         if not hasattr(self.pipeline, "adapter"):
             raise ValueError("provider batch mode needs a single-endpoint client (LLMClient, OpenAIClient, "
@@ -149,13 +155,20 @@ class ProviderBatchJob(SubmitMixin):
     def _loop(self) -> None:
         for b in [b for b in self.ledger.batches.values() if b.unresolved]:
             self._resolve(b)
-        while True:
+        while not self._stopped():
             for b in [b for b in self.ledger.batches.values() if b.live]:
+                if self._stopped():
+                    return
                 self._poll(b)
+            if self._stopped():
+                return
             self._submit()
             if not self.wait or not self.ledger.in_flight():
                 return
             self._sleep(self.poll_interval)
+
+    def _stopped(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
 
     # -- resolve / poll / collect --------------------------------------------------------------------
     def _resolve(self, b: LedgerBatch) -> None:

@@ -464,3 +464,29 @@ def test_mock_time_scale_is_a_constructor_setting_that_clear_keeps(tmp_path):
             summary = client.submit_batch(prompts(2), output_file=str(tmp_path / "o.jsonl"), wait=True,
                                           poll_interval=0.02)
         assert summary["complete"] and fast.batches[0]["status"] == "completed"
+
+
+def test_cancelling_a_waiting_asubmit_batch_stops_it_and_unlocks_the_file(server, tmp_path):
+    """A cancelled `await client.asubmit_batch(..., wait=True)` returned, but the run kept polling the provider
+    on its thread for ever and held the output file's lock: every rerun in that process got
+    OutputFileLockedError. Now the cancellation stops it like Ctrl-C and returns once the file is unlocked."""
+    import asyncio
+
+    server.configure(batch_time_scale=3600)
+    out = tmp_path / "out.jsonl"
+    slow = [[{"role": "user", "content": f"[[mock:batch_hours=5000]] q{i}"}] for i in range(3)]
+    client = openai_client(server, model="gpt-4o-mini")
+
+    async def main():
+        task = asyncio.ensure_future(client.asubmit_batch(slow, output_file=str(out), wait=True,
+                                                          poll_interval=0.05))
+        while sum(r.path.startswith("/v1/batches/") for r in server.requests) < 2:  # it is polling
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    again = client.submit_batch(slow, output_file=str(out))  # the lock is free: no OutputFileLockedError
+    assert again["in_flight"] == 3 and again["submitted"] == 0
+    client.close()
