@@ -84,6 +84,10 @@ class ProviderBatchJob(SubmitMixin):
                            if k in params)
         if live_only:
             raise ValueError(f"submit_batch does not take {', '.join(live_only)} (live batches do)")
+        per_call = sorted(k for k in ("extra_headers", "anthropic_beta") if params.get(k))
+        if per_call:  # the requests are the batch's (upload, create, poll), never one item's: never drop them
+            raise ValueError(f"submit_batch does not take {', '.join(per_call)}: per-call headers cannot travel "
+                             "with batch items; give the client default_headers= (sent on every batch request)")
         self.client, self.model, self.params = client, model, params
         #: what the adapter and the cache key see (a schema response_format in its wire form), checked now
         self.wire = wire_params(params)

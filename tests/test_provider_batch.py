@@ -490,3 +490,18 @@ def test_cancelling_a_waiting_asubmit_batch_stops_it_and_unlocks_the_file(server
     again = client.submit_batch(slow, output_file=str(out))  # the lock is free: no OutputFileLockedError
     assert again["in_flight"] == 3 and again["submitted"] == 0
     client.close()
+
+
+@pytest.mark.parametrize("kw", [{"extra_headers": {"x-gateway": "team-a"}}, {"anthropic_beta": "output-128k-2025-02-19"}])
+def test_per_call_headers_are_refused_not_silently_dropped_and_client_headers_reach_the_batch(server, tmp_path, kw):
+    """Per-call headers (extra_headers=, Claude's anthropic_beta=) were silently not sent by submit_batch (its
+    requests are the batch's, not the items'); refused now, naming default_headers=, which does reach them."""
+    out = tmp_path / "out.jsonl"
+    with claude_client(server) as client:
+        with pytest.raises(ValueError, match="default_headers"):
+            client.submit_batch(prompts(2), output_file=str(out), **kw)
+    assert server.requests == [] and not out.exists()
+    with claude_client(server, default_headers={"x-gateway": "team-a"}) as client:
+        client.submit_batch(prompts(2), output_file=str(out))
+    creates = [r for r in server.requests if r.method == "POST" and r.path == "/v1/messages/batches"]
+    assert creates and all(r.headers.get("x-gateway") == "team-a" for r in creates)
