@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Dict, Iterable, NamedTuple, Optional
 
-from .pricing import get_model_pricing
+from .pricing import get_model_pricing, usage_cost
 
 __all__ = ["CostBudget", "Hold", "request_cost"]
 
@@ -21,14 +21,7 @@ _MAX_TOKEN_KEYS = ("max_tokens", "max_completion_tokens", "maxOutputTokens")
 
 def request_cost(usage: Optional[dict], model: str) -> float:
     """USD of one reply's usage at `model`'s list price (0.0 for an unknown model or no usage)."""
-    if not usage:
-        return 0.0
-    price = get_model_pricing(model)
-    if price is None:
-        return 0.0
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    return (prompt if isinstance(prompt, int) else 0) * price["input"] + \
-        (completion if isinstance(completion, int) else 0) * price["output"]
+    return usage_cost(model, usage)
 
 
 class Hold(NamedTuple):

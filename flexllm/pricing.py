@@ -108,12 +108,30 @@ def estimate_cost(tokens: int, model: str = "gpt-4", is_input: bool = True, batc
     return tokens * price["input" if is_input else "output"]
 
 
-def usage_cost(model: str, usage: Dict[str, Any], batch: bool = False) -> float:
-    """USD of one reply's `usage` (prompt + completion tokens); 0.0 for an unknown model (no warning)."""
-    price = get_model_pricing(model, batch)
+#: Anthropic's prompt-cache prices, as multiples of the input price (5-minute cache writes; reads)
+CACHE_WRITE_FACTOR = 1.25
+CACHE_READ_FACTOR = 0.1
+
+
+def _tokens(usage: Dict[str, Any], key: str) -> int:
+    value = usage.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def usage_cost(model: str, usage: Optional[Dict[str, Any]], batch: bool = False) -> float:
+    """USD of one reply's `usage` (prompt + completion tokens); 0.0 for an unknown model (no warning).
+
+    Claude's prompt-cache tokens (counted inside prompt_tokens) are billed as Anthropic bills them: writes at
+    1.25x the input price, reads at 0.1x. OpenAI's cached tokens stay at the full input price (their
+    discount differs by model), so that figure never under-counts.
+    """
+    price = get_model_pricing(model, batch) if usage else None
     if not price:
         return 0.0
-    return (usage.get("prompt_tokens") or 0) * price["input"] + (usage.get("completion_tokens") or 0) * price["output"]
+    written, read = _tokens(usage, "cache_creation_input_tokens"), _tokens(usage, "cache_read_input_tokens")
+    prompt = max(0, _tokens(usage, "prompt_tokens") - written - read)
+    return (prompt + written * CACHE_WRITE_FACTOR + read * CACHE_READ_FACTOR) * price["input"] + \
+        _tokens(usage, "completion_tokens") * price["output"]
 
 
 def estimate_batch_cost(messages_list: Iterable[List[dict]], model: str = "gpt-4",

@@ -466,3 +466,23 @@ def test_native_blocks_of_a_raw_reply_go_back_unchanged(server):
                             tools=TOOLS, thinking="low")
     assert sent(server)["messages"][1] == {"role": "assistant", "content": raw["content"]}
     assert sent(server)["messages"][2]["content"][0]["tool_use_id"] == tool_id
+
+
+def test_cache_writes_and_reads_are_priced_as_anthropic_bills_them(server, tmp_path):
+    """Claude bills a prompt-cache write at 1.25x and a read at 0.1x the input price. Both were priced as plain
+    input: a batch writing a big cache under-counted its cost (max_cost_usd could be passed by a quarter of
+    the writes); one reading it over-counted tenfold."""
+    from flexllm import get_model_pricing
+
+    price = get_model_pricing("claude-haiku-4-5")
+    client = claude(server, model="claude-haiku-4-5")
+    for directive, factor in (("cache_write=200000", 1.25), ("cache_read=200000", 0.1)):
+        out = tmp_path / f"{directive}.jsonl"
+        _, summary = client.chat_completions_batch_sync([user(f"[[mock:{directive}]] hi")], output_file=str(out),
+                                                        show_progress=False, return_summary=True)
+        usage = json.loads(out.read_text())["usage"]
+        cached = usage["cache_creation_input_tokens"] + usage["cache_read_input_tokens"]
+        assert cached == 200000
+        expected = ((usage["prompt_tokens"] - cached) * price["input"] + cached * factor * price["input"]
+                    + usage["completion_tokens"] * price["output"])
+        assert summary["estimated_cost_usd"] == pytest.approx(expected, rel=1e-6), directive
