@@ -22,7 +22,7 @@ from flexllm import (
 )
 from flexllm.mock import MockServer
 
-from .conftest import user
+from .conftest import user, wait_for
 
 
 def client_for(server, **kw):
@@ -269,10 +269,18 @@ def test_connection_refused_is_typed():
 
 
 def test_close_then_reuse_and_thread_names(server):
+    def ours():
+        return {t.name for t in threading.enumerate() if t.name.startswith("flexllm-async")}
+
     c = client_for(server)
+    before = ours()
+    assert asyncio.run(c.chat_completions(user("async"))) == "echo: async"
+    assert ours() - before, "the async facade runs on the client's own, named threads"
     c.close()
-    assert c.chat_completions_sync(user("again")) == "echo: again"
-    assert threading.active_count() >= 1
+    wait_for(lambda: not (ours() - before), what="close() to end the client's async threads")
+    assert c.chat_completions_sync(user("again")) == "echo: again"  # a closed client can still be used
+    assert asyncio.run(c.chat_completions(user("async again"))) == "echo: async again"
+    c.close()
 
 
 def test_async_stream_consumer_can_stop_early(server):
