@@ -186,3 +186,19 @@ def test_events_on_a_single_call_is_refused_not_sent_in_the_body(server):
     with pytest.raises(ValueError, match="events= belongs to chat_completions_stream"):
         client.chat_completions_sync([{"role": "user", "content": "hi"}], events=True)
     assert server.requests == []
+
+
+def test_a_base_url_with_a_stray_newline_works_like_a_key_with_one(server):
+    """A CRLF .env gives FLEXLLM_BASE_URL a trailing '\\r' (a key read that way is stripped): plain calls worked,
+    streams raised httpx.InvalidURL (not even an LLMError) and `flexllm ask` printed a traceback."""
+    from flexllm import ClaudeClient
+
+    from .conftest import user
+    from .test_cli import run
+
+    for client in (LLMClient(model="m", base_url=server.url + "\r\n"),
+                   ClaudeClient(model="claude-haiku-4-5", base_url=" " + server.root_url + "\r", api_key="sk-ant-k")):
+        assert client.chat_completions_sync(user("a")) == "echo: a"
+        assert "".join(client.chat_completions_stream_sync(user("b"))) == "echo: b"
+    done = run("ask", "hi", env={"FLEXLLM_BASE_URL": server.url + "\r", "FLEXLLM_MODEL": "m"})
+    assert done.returncode == 0 and done.stdout.strip() == "echo: hi" and "Traceback" not in done.stderr, done.stderr

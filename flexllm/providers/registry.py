@@ -144,6 +144,8 @@ def make_adapter(name: str, *, base_url: Optional[str] = None, api_key: Optional
     """Build provider `name`'s adapter, with its key resolved and only the options it understands."""
     provider = get(name)
     own = {k: v for k, v in options.items() if k in provider.options}
+    if isinstance(base_url, str):  # a CRLF .env or a pasted value: stripped like a key (clean_secret)
+        base_url = base_url.strip() or None
     return provider.adapter(base_url=base_url, api_key=resolve_key(provider, api_key, base_url), model=model,
                             thinking=thinking, default_headers=default_headers, **own)
 
