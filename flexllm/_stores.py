@@ -167,7 +167,8 @@ class SQLiteStore:
     """Budgets in one SQLite file, shared by every process on the host that names it. Fork-safe.
 
     One connection per process (guarded by a lock: transactions take microseconds); WAL journal, so
-    readers never wait; a corrupt or foreign file is moved aside with one warning and recreated.
+    readers never wait; a file that is not ours (not SQLite, or another program's database) is refused
+    untouched, a damaged budget file is moved aside with one warning and recreated.
     """
 
     def __init__(self, url: str) -> None:
@@ -188,11 +189,18 @@ class SQLiteStore:
             self._conn, self._pid = None, os.getpid()
         try:
             os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+            _refuse_foreign_file(self.path)
             conn = sqlite3.connect(self.path, timeout=_SQLITE_BUSY_TIMEOUT, isolation_level=None,
                                    check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from None
         try:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and "flexllm_rate_budget" not in tables:  # another program's database: never touched
+                conn.close()
+                raise StoreUnavailable(f"{self.path} is another program's SQLite database (tables: "
+                                       f"{', '.join(sorted(tables)[:5])}), not a flexllm budget file; it was left "
+                                       "as it is: name another path")
             switch_to_wal(conn, _SQLITE_BUSY_TIMEOUT)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("CREATE TABLE IF NOT EXISTS flexllm_rate_budget (name TEXT NOT NULL, dim TEXT NOT NULL, "
@@ -207,7 +215,10 @@ class SQLiteStore:
         return conn
 
     def _recreate(self, exc: BaseException) -> None:
-        """Move a corrupt/foreign file aside (once, whoever sees it first) and start a fresh one."""
+        """Move a damaged budget file aside (once, whoever sees it first) and start a fresh one.
+
+        Only a file that says it is SQLite gets here: anything else was refused untouched before opening.
+        """
         aside = f"{self.path}.corrupt-{os.getpid()}-{int(time.time())}"
         try:
             os.replace(self.path, aside)
@@ -269,6 +280,22 @@ class SQLiteStore:
         """Open the file now, so a bad path fails at construction rather than mid-batch."""
         with self._lock:
             self._connect()
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _refuse_foreign_file(path: str) -> None:
+    """StoreUnavailable for an existing, non-empty file that is not SQLite (a typo onto `out.jsonl`, say):
+    it is left byte for byte as it is, never moved aside or replaced by a database."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return
+    if head and head != _SQLITE_MAGIC:
+        raise StoreUnavailable(f"{path} exists and is not a SQLite file, so it is not a flexllm budget file; it "
+                               "was left as it is: name another path")
 
 
 def _corrupt(exc: BaseException) -> bool:

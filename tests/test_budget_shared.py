@@ -212,9 +212,17 @@ def test_sqlite_survives_a_process_killed_inside_its_transaction(tmp_path):
     limiter.acquire()
 
 
-def test_a_corrupt_limits_file_is_recreated_with_one_warning(tmp_path, caplog):
+def test_a_damaged_limits_file_is_recreated_with_one_warning(tmp_path, caplog):
     path = tmp_path / "limits.db"
-    path.write_bytes(b"this is not a database\n" * 100)
+    ours = sqlite3.connect(str(path))  # a budget file (this process's store registry never saw it)...
+    ours.execute("CREATE TABLE flexllm_rate_budget (name TEXT NOT NULL, dim TEXT NOT NULL, tat REAL NOT NULL, "
+                 "PRIMARY KEY (name, dim)) WITHOUT ROWID")
+    ours.executemany("INSERT INTO flexllm_rate_budget VALUES (?, 'qps', 0.0)", [(f"n{i}",) for i in range(300)])
+    ours.commit()
+    ours.close()
+    data = bytearray(path.read_bytes())
+    data[100:] = b"\xff" * (len(data) - 100)  # ...damaged after its SQLite header
+    path.write_bytes(bytes(data))
     caplog.set_level(logging.WARNING, logger="flexllm")
     limiter = Limiter(RateLimit(max_qps=10, shared=f"sqlite:///{path}", name="c"))
     for _ in range(3):
@@ -222,7 +230,28 @@ def test_a_corrupt_limits_file_is_recreated_with_one_warning(tmp_path, caplog):
     warnings = [r for r in caplog.records if "not a valid budget file" in r.getMessage()]
     assert len(warnings) == 1
     assert sqlite3.connect(str(path)).execute("SELECT count(*) FROM flexllm_rate_budget").fetchone()[0] == 1
-    assert [p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name]  # the foreign bytes were kept aside
+    assert [p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name]  # the damaged bytes were kept aside
+
+
+@pytest.mark.parametrize("kind", ["text", "database"])
+def test_a_file_that_is_not_a_budget_file_is_refused_and_left_untouched(tmp_path, kind):
+    # a typo onto the batch's own output, or another program's database: never moved aside nor written into
+    path = tmp_path / ("out.jsonl" if kind == "text" else "app.db")
+    if kind == "text":
+        path.write_bytes(b'{"index": 0, "status": "success", "output": "keep me"}\n' * 50)
+    else:
+        other = sqlite3.connect(str(path))
+        other.execute("CREATE TABLE users (name TEXT)")
+        other.execute("INSERT INTO users VALUES ('ada')")
+        other.commit()
+        other.close()
+    before = path.read_bytes()
+    limiter = Limiter(RateLimit(max_qps=10, shared=f"sqlite:///{path}", name="c"))
+    with pytest.raises(RateLimitStoreError) as info:
+        limiter.reserve()
+    assert str(path) in str(info.value) and "left as it is" in str(info.value)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # nothing moved aside, no -wal/-shm
 
 
 def test_unreachable_redis_is_a_clear_error_without_the_password_or_a_local_fallback(server, caplog):
