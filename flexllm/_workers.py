@@ -39,6 +39,7 @@ class Workers:
         self._loops: List[Future] = []  # one per thread, each running `_loop` until the batch ends
         self._busy: List[bool] = []  # per thread: running a job now (one list store per job, no lock)
         self._closed = False
+        self._owner = threading.current_thread()  # the thread that submits and takes
         _live.add(self)
 
     def submit(self, *job: Any) -> None:
@@ -123,8 +124,12 @@ _live: "weakref.WeakSet[Workers]" = weakref.WeakSet()  # pools not closed yet
 
 
 def _at_exit() -> None:
+    # only pools whose consumer is gone (the main thread has finished, or its thread ended): a batch that a
+    # live thread is still running finishes and closes its pool itself before the interpreter joins it
+    main = threading.main_thread()
     for pool in list(_live):
-        pool._exiting()
+        if pool._owner is main or not pool._owner.is_alive():
+            pool._exiting()
 
 
 # like concurrent.futures' own hook: runs before the interpreter joins the executor's threads (registered

@@ -346,3 +346,29 @@ def child_resumes(server, out, n):
     assert results == [f"echo: k{i}" for i in range(n)]
     assert sorted(r["index"] for r in read_records(out)) == list(range(n))
     return True
+
+
+IN_A_THREAD = textwrap.dedent("""
+    import sys, threading
+    from flexllm import OpenAIClient
+    client = OpenAIClient(base_url=sys.argv[1], model="mock-model", concurrency_limit=4)
+    started = threading.Event()
+
+    def run():
+        done = 0
+        for item in client.iter_chat_completions_batch([[{"role": "user", "content": f"k{i}"}] for i in range(40)],
+                                                       show_progress=False):
+            started.set()
+            done += item.status == "success"
+        print("done", done, flush=True)
+
+    threading.Thread(target=run).start()
+    started.wait(60)  # the main script ends while its (non-daemon) thread is still running the batch
+""")
+
+
+def test_a_batch_running_in_a_live_thread_when_the_main_script_ends_still_completes(server):
+    server.configure(latency=0.05)
+    proc = subprocess.run([sys.executable, "-c", IN_A_THREAD, server.url], capture_output=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    assert proc.returncode == 0 and proc.stdout.strip() == b"done 40", proc.stderr.decode()[-2000:]
