@@ -230,6 +230,15 @@ def test_second_signal_exits_while_workers_sleep_out_retry_after(server, tmp_pat
     proc = subprocess.Popen([sys.executable, "-m", "flexllm", "batch", str(inp), "-o", str(out), "--base-url",
                              server.url, "--model", "m", "--concurrency", "2", "--no-progress"],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
+    # first signal: stop, wait for the request on the wire (the sleeper wakes and ends); second: abandon it
+    rc, lines = signal_twice(proc, server, sig, handled="in flight")
+    assert rc == 130, "".join(lines)
+    assert len(server.requests) == 2, "a new attempt was sent after the signal"
+
+
+def signal_twice(proc, server, sig, handled):
+    """Once both requests arrived and the 429 is being slept out: `sig`, wait for the log line `handled`,
+    `sig` again. Returns (exit code, stderr lines); the process is killed if it outlives the bound."""
     lines = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
     reader.start()
@@ -237,18 +246,17 @@ def test_second_signal_exits_while_workers_sleep_out_retry_after(server, tmp_pat
         wait_for(lambda: len(server.requests) == 2, BOUND, "both requests to arrive")
         wait_for(lambda: any("retrying in" in ln for ln in lines) or proc.poll() is not None, BOUND,
                  "the 429 to be answered with a retry sleep")
-        proc.send_signal(sig)  # first: stop, wait for the request on the wire (the sleeper wakes and ends)
-        wait_for(lambda: any("in flight" in ln for ln in lines) or proc.poll() is not None, BOUND,
+        proc.send_signal(sig)
+        wait_for(lambda: any(handled in ln for ln in lines) or proc.poll() is not None, BOUND,
                  "the first signal to be handled")
-        proc.send_signal(sig)  # second: abandon it
+        proc.send_signal(sig)
         rc = proc.wait(BOUND)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     reader.join(BOUND)
-    assert rc == 130, "".join(lines)
-    assert len(server.requests) == 2, "a new attempt was sent after the signal"
+    return rc, lines
 
 
 ASYNC_BATCH = """
@@ -266,22 +274,6 @@ def test_second_ctrl_c_under_asyncio_run_exits(server, tmp_path):
     the batch then abandons its request on the wire, so the interpreter's exit does not wait for it."""
     proc = subprocess.Popen([sys.executable, "-c", ASYNC_BATCH, server.url, str(tmp_path / "out.jsonl")],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    lines = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
-    reader.start()
-    try:
-        wait_for(lambda: len(server.requests) == 2, BOUND, "both requests to arrive")
-        wait_for(lambda: any("retrying in" in ln for ln in lines) or proc.poll() is not None, BOUND,
-                 "the 429 to be answered with a retry sleep")
-        proc.send_signal(signal.SIGINT)
-        wait_for(lambda: any("cancel again" in ln for ln in lines) or proc.poll() is not None, BOUND,
-                 "the first Ctrl-C to be handled")
-        proc.send_signal(signal.SIGINT)
-        rc = proc.wait(BOUND)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    reader.join(BOUND)
+    rc, lines = signal_twice(proc, server, signal.SIGINT, handled="cancel again")
     assert rc != 0 and len(server.requests) == 2, "".join(lines)
     assert not any("attempt 3" in ln for ln in lines)
