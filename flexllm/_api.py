@@ -43,8 +43,8 @@ def _refuse_events(kwargs: Dict[str, Any]) -> None:
 
 def _refuse_batch_options(kwargs: Dict[str, Any]) -> None:
     """Batch options on a single call or stream: ValueError (sent in the body they would be ignored or a 400)."""
-    options = sorted(k for k in BATCH_OPTIONS if k in kwargs)
-    if options:
+    if not BATCH_OPTIONS.isdisjoint(kwargs):  # per call: one C-level check
+        options = sorted(BATCH_OPTIONS.intersection(kwargs))
         raise ValueError(f"{', '.join(o + '=' for o in options)} belong to batches (chat_completions_batch_sync, "
                          "iter_chat_completions_batch); a single call or stream does not take them")
 

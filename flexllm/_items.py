@@ -17,8 +17,8 @@ __all__ = ["BATCH_OPTIONS", "REDO_CHOICES", "ItemParams", "redo_rule"]
 
 REDO_CHOICES = ("error", "length", "all")
 #: keywords of a whole batch call: never request parameters (a single call or a params_list entry refuses them)
-BATCH_OPTIONS = ("output_file", "metadata_list", "params_list", "redo", "max_cost_usd", "show_progress",
-                 "return_summary", "flush_interval")
+BATCH_OPTIONS = frozenset(("output_file", "metadata_list", "params_list", "redo", "max_cost_usd", "show_progress",
+                           "return_summary", "flush_interval"))
 
 
 def redo_rule(redo: Any) -> Optional[Callable[[Dict[str, Any]], bool]]:
@@ -83,8 +83,8 @@ class ItemParams:
         if settings:  # checked before the record (which keeps the entry) is written: a key never lands in a file
             raise ValueError(f"params_list[{index}] has {settings}: client settings, not request parameters "
                              "(pass them to the client)")
-        options = sorted(k for k in BATCH_OPTIONS if k in own)
-        if options:
+        if not BATCH_OPTIONS.isdisjoint(own):  # per item: one C-level check
+            options = sorted(BATCH_OPTIONS.intersection(own))
             raise ValueError(f"params_list[{index}] has {options}: options of the whole batch call, not of one item")
         model = own.get("model")
         if model is not None:
