@@ -209,11 +209,14 @@ class ClientAPI:
         options = {k: kwargs.pop(k, None) for k in ("params_list", "redo", "max_cost_usd")}
         job = self._batch_job(model, kwargs, output_file, metadata_list, show_progress, flush_interval, skip_cache,
                               stop=stop, **options)
-        results: List[Any] = []
-        for item in job.run(messages_list):
-            if item.index >= len(results):
-                results.extend([None] * (item.index + 1 - len(results)))
-            results[item.index] = _reply_of(item, return_usage)
+        items = job.run(messages_list)  # validates first, so job.total is known from here on
+        results: List[Any] = [None] * job.total if job.total is not None else []
+        for item in items:
+            index = item.index
+            if index >= len(results):
+                results.extend([None] * (index + 1 - len(results)))
+            results[index] = item.content if not return_usage and item.status != "error" else \
+                _reply_of(item, return_usage)
         if job.total is not None and len(results) < job.total:
             results.extend([None] * (job.total - len(results)))
         return (results, job.summary()) if return_summary else results

@@ -176,18 +176,10 @@ class Pipeline(StreamingMixin):
         cache = self.cache
         if cache is None:
             return [None] * len(requests)
-        from .cache import cache_keys
+        from .cache import keys_of
 
         key_params = self.adapter.cache_params
-        shared: Dict[int, Dict[str, Any]] = {}  # a batch's items share one params dict: filter it once
-
-        def parts(m: List[dict], model: str, p: Dict[str, Any]) -> Tuple[str, List[dict], Dict[str, Any]]:
-            wanted = shared.get(id(p))
-            if wanted is None:
-                wanted = shared[id(p)] = key_params(wire_params(p))
-            return model, m, wanted
-
-        keys = cache_keys(self.adapter.name, [parts(m, model, p) for m, model, p in requests])
+        keys = keys_of(self.adapter.name, requests, lambda p: key_params(wire_params(p)))
         hits = cache.get_many(keys)
         return [hits.get(k) for k in keys]
 

@@ -30,7 +30,7 @@ from .errors import AuthenticationError, QuotaExceededError
 from .pricing import get_model_pricing
 from .progress import BatchProgress
 from .structured import response_schema
-from .types import BatchResultItem, ChatCompletionResult
+from .types import BatchResultItem, ChatCompletionResult, reply_text
 
 __all__ = ["BatchJob", "OutputFileLockedError"]
 
@@ -158,18 +158,19 @@ class BatchJob:
             # by one, so a slow input (a generator on a pipe) never holds back what has already arrived
             lookahead = _LOOKAHEAD if not self.skip_cache and self.runner.cache is not None else 1
             for chunk in _chunks(self.items.pair(messages_list), lookahead):
-                for item, messages in self._prepare(chunk, checkpoint):
-                    if item is not None:
-                        self._record(item, checkpoint, progress, messages)
+                finished, todo = self._prepare(chunk, checkpoint)
+                if finished:
+                    self._record_finished(finished, checkpoint, progress)
+                    for item, _ in finished:
                         yield item
-                        continue
+                for work in todo:
                     while pool.outstanding >= window:
                         done = pool.take()  # re-raises a failure to write the output file
                         if done is not None:
                             yield done
                     if self._stop.is_set() or self._capped.is_set():
                         break
-                    pool.submit(*messages, checkpoint, progress)
+                    pool.submit(*work, checkpoint, progress)
                 if self._stop.is_set() or self._capped.is_set():
                     break
             while pool.outstanding:
@@ -241,39 +242,60 @@ class BatchJob:
             if abort is not None:
                 abort()  # fail the rest now instead of waiting up to their timeout
 
-    def _prepare(self, chunk: List[Tuple[int, Any, Optional[dict]]],
-                 checkpoint: Optional[Checkpoint]) -> Iterator[Tuple[Optional[BatchResultItem], Any]]:
-        """`(item, messages)` for items already finished (resumed, invalid, cached), `(None, work)` for the rest."""
-        todo: List[Tuple[int, Any, Optional[dict], str, Dict[str, Any], Optional[dict]]] = []
+    def _prepare(self, chunk: List[Tuple[int, Any, Optional[dict]]], checkpoint: Optional[Checkpoint]
+                 ) -> Tuple[List[Tuple[BatchResultItem, Any]], List[tuple]]:
+        """`(finished, todo)`: `(item, messages)` of items already finished (resumed, invalid, cached), and
+        the work tuples of the rest. Runs once per input line, so a cached item is built straight from its
+        cache entry (no result object in between) when its params ask for no structured output."""
+        finished: List[Tuple[BatchResultItem, Any]] = []
+        todo: List[tuple] = []
+        base = self.items.effective(None)
         for index, messages, own in chunk:
-            meta = self._metadata(index)
-            record = checkpoint.resume(index, messages, self.items.plain(own)) if checkpoint is not None else None
-            if record is not None:
-                if meta is not None and "metadata" in record and record["metadata"] != meta:
-                    self._metadata_differs_at(index)
-                yield self._resumed(record, meta, own), messages
-                continue
+            meta = self._metadata(index) if self.metadata_list is not None else None
+            if checkpoint is not None:
+                plain = self.items.plain(own)
+                record = checkpoint.resume(index, messages, plain)
+                if record is not None:
+                    if meta is not None and "metadata" in record and record["metadata"] != meta:
+                        self._metadata_differs_at(index)
+                    finished.append((self._resumed(record, meta, own), messages))
+                    continue
             try:
                 check_messages(messages)
-                model, params = self.items.effective(own)
-                plain = self.items.plain(own)
+                if own is None:
+                    model, params = base
+                    plain = None
+                else:
+                    model, params = self.items.effective(own)
+                    plain = self.items.plain(own)
             except ValueError as exc:  # this item fails alone; the batch goes on
                 with self._lock:
                     self.errors["ValueError"] += 1
-                yield BatchResultItem(index, None, None, "error", f"ValueError: item {index}: {exc}", 0.0,
-                                      meta), messages
+                finished.append((BatchResultItem(index, None, None, "error", f"ValueError: item {index}: {exc}", 0.0,
+                                                 meta), messages))
                 continue
             todo.append((index, messages, meta, model, params, plain))
-        hits: List[Optional[dict]] = [None] * len(todo)
-        if todo and not self.skip_cache:
-            hits = self.runner.cached_many([(t[1], t[3], t[4]) for t in todo])
+        if not todo or self.skip_cache:
+            return finished, todo
+        hits = self.runner.cached_many([(t[1], t[3], t[4]) for t in todo])
+        left: List[tuple] = []
         for work, hit in zip(todo, hits):
+            if hit is None:
+                left.append(work)
+                continue
             index, messages, meta, model, params, plain = work
-            result = result_from_hit(hit, params, model) if hit is not None else None
-            if result is not None:
-                yield _item(index, result, "cached", 0.0, meta, 0, plain), messages
+            if params.get("response_format") is None:  # the common case, without the result object
+                content, tool_calls = hit.get("content") or "", hit.get("tool_calls")
+                finished.append((BatchResultItem(index, reply_text(content, tool_calls), hit.get("usage"), "cached",
+                                                 None, 0.0, meta, hit.get("reasoning_content"), False,
+                                                 hit.get("finish_reason"), tool_calls, None, 0, plain), messages))
+                continue
+            result = result_from_hit(hit, params, model)
+            if result is None:
+                left.append(work)
             else:
-                yield None, work
+                finished.append((_item(index, result, "cached", 0.0, meta, 0, plain), messages))
+        return finished, left
 
     def _resumed(self, record: Dict[str, Any], meta: Optional[dict], own: Optional[dict]) -> BatchResultItem:
         item = to_item(record, meta)
@@ -379,6 +401,22 @@ class BatchJob:
             checkpoint.write(item, messages)
         tokens = (item.usage or {}).get("total_tokens") or 0
         progress.advance(item.status, tokens if isinstance(tokens, int) else 0, item.resumed, cost)
+
+    def _record_finished(self, finished: List[Tuple[BatchResultItem, Any]], checkpoint: Optional[Checkpoint],
+                         progress: BatchProgress) -> None:
+        """`_record` for a chunk's items finished without a request (resumed, invalid, cached): one lock
+        and one progress update for the lot. They cost nothing and their tokens were paid earlier."""
+        with self._lock:
+            if self._closed:
+                return
+            counts = self.counts
+            for item, _ in finished:
+                counts["resumed" if item.resumed else ("failed" if item.status == "error" else item.status)] += 1
+        if checkpoint is not None:
+            for item, messages in finished:
+                if not item.resumed:
+                    checkpoint.write(item, messages)
+        progress.advance_many([item for item, _ in finished])
 
     def _metadata_differs_at(self, index: int) -> None:
         self._meta_differs += 1

@@ -16,12 +16,12 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from ._hashing import canonical_json, strip_inline_media
+from ._hashing import _C_ENCODE, canonical_json, strip_inline_media
 from ._logging import get_logger
 from ._sqlite import switch_to_wal
 from .config import ResponseCacheConfig
 
-__all__ = ["CACHE_FILENAME", "ResponseCache", "cache_key", "cache_keys"]
+__all__ = ["CACHE_FILENAME", "ResponseCache", "cache_key", "cache_keys", "keys_of"]
 
 logger = get_logger(__name__)
 
@@ -48,20 +48,36 @@ def cache_keys(provider: str, requests: Iterable[Tuple[str, List[dict], Mapping[
     The key hashes the canonical JSON of `{"m": model, "msg": messages, "p": provider, "params": params}`
     (sorted keys, so exactly that order): only the messages part differs from item to item.
     """
-    frames: Dict[Tuple[str, int], Tuple[str, str]] = {}
-    sha256 = hashlib.sha256
-    out = []
-    for model, messages, params in requests:
-        frame = frames.get((model, id(params)))
-        if frame is None:
-            kept = {k: v for k, v in params.items() if v is not None}
-            frame = frames[(model, id(params))] = (
-                '{"m":' + canonical_json(model) + ',"msg":',
-                ',"p":' + canonical_json(provider) + ',"params":' + canonical_json(kept) + "}")
-        text = canonical_json(messages)
+    return keys_of(provider, ((messages, model, params) for model, messages, params in requests))
+
+
+def keys_of(provider: str, requests: Iterable[Tuple[List[dict], str, Mapping[str, Any]]],
+            key_params: Callable[[Mapping[str, Any]], Mapping[str, Any]] = dict) -> List[str]:
+    """`cache_keys` of `(messages, model, params)` triples (a batch's order), `key_params` applied to each
+    distinct params object first; runs once per cached item, so the shared frame is reused by identity."""
+    frames: Dict[Tuple[str, int], Tuple[str, str, Any]] = {}
+    sha256, encode, out = hashlib.sha256, _C_ENCODE, []
+    append = out.append
+    last_model: Any = None
+    last_params: Any = None
+    head = tail = ""
+    for messages, model, params in requests:
+        if params is not last_params or model != last_model:
+            frame = frames.get((model, id(params)))
+            if frame is None:  # the params object is held in the frame, so its id is not reused meanwhile
+                kept = {k: v for k, v in key_params(params).items() if v is not None}
+                frame = frames[(model, id(params))] = (
+                    '{"m":' + canonical_json(model) + ',"msg":',
+                    ',"p":' + canonical_json(provider) + ',"params":' + canonical_json(kept) + "}", params)
+            head, tail, _ = frame
+            last_model, last_params = model, params
+        try:
+            text = "".join(encode(messages, 0)) if encode is not None and type(messages) is list else canonical_json(messages)
+        except RecursionError:
+            text = canonical_json(messages)  # a circular structure: the plain encoder names it
         if "base64," in text or '"mimeType"' in text:  # only then walk the messages to hash inline media
             text = canonical_json(strip_inline_media(messages))
-        out.append(sha256((frame[0] + text + frame[1]).encode("utf-8", "surrogatepass")).hexdigest())
+        append(sha256((head + text + tail).encode("utf-8", "surrogatepass")).hexdigest())
     return out
 
 
@@ -203,7 +219,7 @@ class ResponseCache:
                         value = _loads(raw)
                     except (ValueError, TypeError):  # one unreadable entry is a miss, not a failed lookup
                         continue
-                    if isinstance(value, dict) and (oldest is None or float(value.get("created", 0.0)) >= oldest):
+                    if type(value) is dict and (oldest is None or float(value.get("created", 0.0)) >= oldest):
                         out[key] = value
         except Exception as exc:
             self._fail("read", exc)

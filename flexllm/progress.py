@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, List, Optional
 
 from ._constants import PROGRESS_LOG_INTERVAL
 from ._logging import get_logger
@@ -63,8 +63,25 @@ class BatchProgress:
         with self._lock:
             self._advance(status, tokens, cost)
 
-    def _advance(self, status: str, tokens: int, cost: float) -> None:
-        self.done += 1
+    def advance_many(self, items: List[Any]) -> None:
+        """Count several finished items (BatchResultItems that cost nothing now: resumed, cached, invalid)."""
+        if not self.enabled or not items:
+            return
+        tokens = cached = failed = 0
+        for item in items:
+            if item.status == "cached":
+                cached += 1
+            elif item.status == "error":
+                failed += 1
+            used = (item.usage or {}).get("total_tokens") or 0
+            tokens += used if isinstance(used, int) else 0
+        with self._lock:
+            self.cached += cached
+            self.failed += failed
+            self._advance("", tokens, 0.0, len(items))
+
+    def _advance(self, status: str, tokens: int, cost: float, count: int = 1) -> None:
+        self.done += count
         self.tokens += tokens
         self.cost += cost
         if status == "cached":
@@ -74,7 +91,7 @@ class BatchProgress:
         now = self._clock()
         rate = self.done / max(now - self._start, 1e-9)
         if self._progress is not None:
-            self._progress.update(self._task, advance=1, rate=rate, cached=self.cached, failed=self.failed,
+            self._progress.update(self._task, advance=count, rate=rate, cached=self.cached, failed=self.failed,
                                   tokens=self.tokens, cost=self.cost, status=self._status() if self._status else "")
         elif now - self._last_log >= self._log_interval:
             self._last_log = now

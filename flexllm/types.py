@@ -25,9 +25,14 @@ class ChatCompletionResult:
     def text(self) -> str:
         """What the text-returning APIs give: the content, or, for a reply that only calls tools, the tool
         calls as a JSON array (OpenAI shape) — never an empty string standing for a tool call."""
-        if not self.content and self.tool_calls:
-            return json.dumps(self.tool_calls, ensure_ascii=False)
-        return self.content
+        return reply_text(self.content, self.tool_calls)
+
+
+def reply_text(content: str, tool_calls: Optional[List[dict]]) -> str:
+    """`ChatCompletionResult.text` of these parts (the batch engine builds cached items without the result)."""
+    if not content and tool_calls:
+        return json.dumps(tool_calls, ensure_ascii=False)
+    return content
 
 
 @dataclass

@@ -65,3 +65,50 @@ def test_canonical_json_is_json_dumps_with_sorted_keys_for_every_kind_of_value()
         assert "Circular" in str(exc)
     else:
         raise AssertionError("a circular structure must be refused")
+
+
+def test_a_cached_batch_item_is_the_live_item_field_by_field(server, tmp_path):
+    # cached items are built straight from the cache entry (no result object in between): every field a live
+    # item had comes back, for plain text, reasoning, a tool-call-only reply, own params and metadata
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]
+    items = [user("plain"), user("[[mock:think=1]] reasoned"), user('[[mock:tool=lookup;tool_args={"q": 1}]] call'),
+             user("own params")]
+    kw = dict(show_progress=False, metadata_list=[{"i": i} for i in range(4)],
+              params_list=[None, None, {"tools": tools}, {"temperature": 0.3}])
+    c = OpenAIClient(base_url=server.url, model="m", cache=ResponseCacheConfig.persistent(cache_dir=str(tmp_path)))
+    live = sorted(c.iter_chat_completions_batch(items, **kw), key=lambda it: it.index)
+    server.clear()
+    again = sorted(c.iter_chat_completions_batch(items, **kw), key=lambda it: it.index)
+    assert not server.requests and [it.status for it in again] == ["cached"] * 4
+    fields = ("index", "content", "usage", "error", "metadata", "reasoning_content", "resumed", "finish_reason",
+              "tool_calls", "parsed", "params")
+    for a, b in zip(live, again):
+        assert {f: getattr(a, f) for f in fields} == {f: getattr(b, f) for f in fields}
+    assert again[1].reasoning_content and json.loads(again[2].content)[0]["function"]["name"] == "lookup"
+    assert again[3].params == {"temperature": 0.3}
+    replies = c.chat_completions_batch_sync(items, show_progress=False, return_usage=True,
+                                            params_list=kw["params_list"])
+    assert [r.content for r in replies] == [it.content for it in live]
+    assert replies[2].tool_calls == live[2].tool_calls
+    c.close()
+
+
+def test_progress_counts_items_finished_without_a_request(server, tmp_path, caplog):
+    # resumed, cached and invalid items are counted in bulk per chunk: the final progress line must still
+    # add up (done = all items, cached and failed each counted once)
+    import logging
+
+    out = tmp_path / "out.jsonl"
+    cache = ResponseCacheConfig.persistent(cache_dir=str(tmp_path / "c"))
+    c = OpenAIClient(base_url=server.url, model="m", cache=cache)
+    c.chat_completions_batch_sync([user(f"q{i}") for i in range(6)], show_progress=False)  # fills the cache
+    c.chat_completions_batch_sync([user(f"q{i}") for i in range(2)], output_file=str(out), show_progress=False)
+    items = [user(f"q{i}") for i in range(6)] + ["not a conversation", user("new")]
+    caplog.set_level(logging.INFO, logger="flexllm")
+    with caplog.at_level(logging.INFO, logger="flexllm"):
+        result, summary = c.chat_completions_batch_sync(items, output_file=str(out), return_summary=True)
+    c.close()
+    assert (summary["resumed"], summary["cached"], summary["failed"], summary["success"]) == (2, 4, 1, 1)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("batch progress")]
+    assert lines and lines[-1].startswith("batch progress: 8/8 done") and "cached 6, failed 1" in lines[-1]  # resumed cached records included, as before
+    assert result[:6] == [f"echo: q{i}" for i in range(6)] and result[6] is None and result[7] == "echo: new"
