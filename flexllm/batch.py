@@ -7,7 +7,6 @@ rerun on the same output file resumes (DESIGN §6).
 from __future__ import annotations
 
 import functools
-import itertools
 import os
 import sys
 import threading
@@ -19,18 +18,16 @@ from . import _cancel
 from ._budget import CostBudget, request_cost
 from ._checkpoint import Checkpoint, OutputFileLockedError
 from ._constants import BATCH_WINDOW_PER_WORKER
+from ._intake import Intake, chunks, item_of
 from ._items import ItemParams, redo_rule
 from ._logging import get_logger
-from ._messages import check_messages, find_lone_surrogate
-from ._pipeline import result_from_hit
-from ._record import to_item
+from ._messages import find_lone_surrogate
 from ._stores import RateLimitStoreError
 from ._workers import Workers
 from .errors import AuthenticationError, QuotaExceededError
 from .pricing import get_model_pricing
 from .progress import BatchProgress
-from .structured import response_schema
-from .types import BatchResultItem, ChatCompletionResult, reply_text
+from .types import BatchResultItem, ChatCompletionResult
 
 __all__ = ["BatchJob", "OutputFileLockedError"]
 
@@ -78,8 +75,6 @@ class BatchJob:
         self._capped = threading.Event()  # the cost cap is reached: no new item starts (those under way finish)
         self._lock = threading.Lock()  # the counters (the file and the progress display own their locks)
         self._closed = False
-        self._meta_iter: Optional[Iterator[Optional[dict]]] = None  # metadata_list given as an iterator
-        self._meta_differs = 0
         self._kept = 0  # answers that were in flight when the batch was stopped, and were kept
 
     # -- public --------------------------------------------------------------------------------------
@@ -87,16 +82,8 @@ class BatchJob:
         """Validate, resume, run. Raises ValueError before any request when the inputs are unusable."""
         if hasattr(messages_list, "__len__"):
             self.total = len(messages_list)  # type: ignore[arg-type]
-        meta = self.metadata_list
-        if meta is not None and not (hasattr(meta, "__len__") and hasattr(meta, "__getitem__")):
-            if not hasattr(meta, "__iter__"):
-                raise ValueError("metadata_list must be a list (or an iterable) with one dict per item")
-            self._meta_iter = iter(meta)  # read in step with messages_list, so neither is held in memory
-        elif meta is not None:
-            if self.total is not None and len(meta) != self.total:
-                raise ValueError(f"metadata_list has {len(meta)} entries but messages_list has {self.total}; "
-                                 "they must be the same length")
         self.items = ItemParams(self.model, self.params, self.params_list, self.total)
+        self.intake = Intake(self.runner, self.items, self.metadata_list, self.total, self.skip_cache, self._invalid)
         if self.max_cost_usd is not None:
             self.budget = CostBudget(self.max_cost_usd, {self._priced(m) for m in self.items.models})
         checkpoint = None
@@ -157,8 +144,8 @@ class BatchJob:
             # read ahead only when a cache can answer many items in one lookup; otherwise take items one
             # by one, so a slow input (a generator on a pipe) never holds back what has already arrived
             lookahead = _LOOKAHEAD if not self.skip_cache and self.runner.cache is not None else 1
-            for chunk in _chunks(self.items.pair(messages_list), lookahead):
-                finished, todo = self._prepare(chunk, checkpoint)
+            for chunk in chunks(self.items.pair(messages_list), lookahead):
+                finished, todo = self.intake.prepare(chunk, checkpoint)
                 if finished:
                     self._record_finished(finished, checkpoint, progress)
                     for item, _ in finished:
@@ -219,10 +206,10 @@ class BatchJob:
         progress.close()
         if checkpoint is not None:
             checkpoint.close(compact=compact)
-        if self._meta_differs:
+        if self.intake.meta_differs:
             logger.warning("%d resumed item(s) kept the metadata stored with them, which differs from "
                            "metadata_list (delete their records to redo them with the new metadata)",
-                           self._meta_differs)
+                           self.intake.meta_differs)
         if interrupted or (in_flight and self.stopped_reason == "consumer stopped"):
             kept = self._kept
             logger.warning("batch %s: results so far are kept%s (%d answer(s) that were in flight "
@@ -241,72 +228,6 @@ class BatchJob:
             abort = getattr(self.runner, "abort", None)
             if abort is not None:
                 abort()  # fail the rest now instead of waiting up to their timeout
-
-    def _prepare(self, chunk: List[Tuple[int, Any, Optional[dict]]], checkpoint: Optional[Checkpoint]
-                 ) -> Tuple[List[Tuple[BatchResultItem, Any]], List[tuple]]:
-        """`(finished, todo)`: `(item, messages)` of items already finished (resumed, invalid, cached), and
-        the work tuples of the rest. Runs once per input line, so a cached item is built straight from its
-        cache entry (no result object in between) when its params ask for no structured output."""
-        finished: List[Tuple[BatchResultItem, Any]] = []
-        todo: List[tuple] = []
-        base = self.items.effective(None)
-        for index, messages, own in chunk:
-            meta = self._metadata(index) if self.metadata_list is not None else None
-            if checkpoint is not None:
-                plain = self.items.plain(own)
-                record = checkpoint.resume(index, messages, plain)
-                if record is not None:
-                    if meta is not None and "metadata" in record and record["metadata"] != meta:
-                        self._metadata_differs_at(index)
-                    finished.append((self._resumed(record, meta, own), messages))
-                    continue
-            try:
-                check_messages(messages)
-                if own is None:
-                    model, params = base
-                    plain = None
-                else:
-                    model, params = self.items.effective(own)
-                    plain = self.items.plain(own)
-            except ValueError as exc:  # this item fails alone; the batch goes on
-                with self._lock:
-                    self.errors["ValueError"] += 1
-                finished.append((BatchResultItem(index, None, None, "error", f"ValueError: item {index}: {exc}", 0.0,
-                                                 meta), messages))
-                continue
-            todo.append((index, messages, meta, model, params, plain))
-        if not todo or self.skip_cache:
-            return finished, todo
-        hits = self.runner.cached_many([(t[1], t[3], t[4]) for t in todo])
-        left: List[tuple] = []
-        for work, hit in zip(todo, hits):
-            if hit is None:
-                left.append(work)
-                continue
-            index, messages, meta, model, params, plain = work
-            if params.get("response_format") is None:  # the common case, without the result object
-                content, tool_calls = hit.get("content") or "", hit.get("tool_calls")
-                finished.append((BatchResultItem(index, reply_text(content, tool_calls), hit.get("usage"), "cached",
-                                                 None, 0.0, meta, hit.get("reasoning_content"), False,
-                                                 hit.get("finish_reason"), tool_calls, None, 0, plain), messages))
-                continue
-            result = result_from_hit(hit, params, model)
-            if result is None:
-                left.append(work)
-            else:
-                finished.append((_item(index, result, "cached", 0.0, meta, 0, plain), messages))
-        return finished, left
-
-    def _resumed(self, record: Dict[str, Any], meta: Optional[dict], own: Optional[dict]) -> BatchResultItem:
-        item = to_item(record, meta)
-        if item.parsed is not None:  # a Pydantic response_format gets its instance back
-            schema = response_schema(self.items.effective(own)[1].get("response_format"))
-            if schema is not None and schema.model is not None:
-                try:
-                    item.parsed = schema.model.model_validate(item.parsed)
-                except ValueError:
-                    pass  # the model changed since: the record's JSON stays as it is
-        return item
 
     def _work(self, index: int, messages: List[dict], meta: Optional[dict], model: str, params: Dict[str, Any],
               plain: Optional[dict], checkpoint: Optional[Checkpoint],
@@ -361,7 +282,7 @@ class BatchJob:
         cost = 0.0 if outcome.cached else request_cost(r.usage, self._priced(model))
         if hold is not None:
             budget.settle(hold, cost, r.usage)
-        item = _item(index, r, "cached" if outcome.cached else "success", outcome.latency, meta, outcome.attempts,
+        item = item_of(index, r, "cached" if outcome.cached else "success", outcome.latency, meta, outcome.attempts,
                      plain)
         with self._lock:
             self.retries += max(0, outcome.attempts - 1)
@@ -418,37 +339,7 @@ class BatchJob:
                     checkpoint.write(item, messages)
         progress.advance_many([item for item, _ in finished])
 
-    def _metadata_differs_at(self, index: int) -> None:
-        self._meta_differs += 1
-        if self._meta_differs == 1:
-            logger.warning("metadata_list differs from the metadata stored with resumed item index %d: the "
-                           "stored metadata is kept (it is what the file says that answer was for)", index)
-
-    def _metadata(self, index: int) -> Optional[dict]:
-        if self.metadata_list is None:
-            return None
-        if self._meta_iter is not None:  # asked for in index order, once per item
-            try:
-                return next(self._meta_iter)
-            except StopIteration:
-                raise ValueError(f"metadata_list ended before item {index}: it must match messages_list") from None
-        try:
-            return self.metadata_list[index]
-        except IndexError:
-            raise ValueError(f"metadata_list has no entry for item {index}: it must match messages_list") from None
-
-
-def _item(index: int, r: ChatCompletionResult, status: str, latency: float, meta: Optional[dict], attempts: int,
-          params: Optional[dict]) -> BatchResultItem:
-    return BatchResultItem(index, r.text, r.usage, status, None, latency, meta, r.reasoning_content,
-                           finish_reason=r.finish_reason, tool_calls=r.tool_calls, parsed=r.parsed, attempts=attempts,
-                           params=params)
-
-
-def _chunks(items: Iterable[Any], size: int) -> Iterator[List[Any]]:
-    iterator = iter(items)
-    while True:
-        chunk = list(itertools.islice(iterator, size))
-        if not chunk:
-            return
-        yield chunk
+    def _invalid(self) -> None:
+        """Count an item refused before any request (bad messages or params) in the errors by type."""
+        with self._lock:
+            self.errors["ValueError"] += 1
