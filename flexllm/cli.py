@@ -364,24 +364,27 @@ def cmd_tokens(args: argparse.Namespace) -> int:
 
 
 def cmd_pricing(args: argparse.Namespace) -> int:
-    from .pricing import BATCH_DISCOUNT, MODEL_PRICING, PRICES_TAKEN_ON, get_model_pricing
+    from .pricing import BATCH_DISCOUNT, MODEL_PRICING, PRICES_TAKEN_ON, get_cached_input_price, get_model_pricing
 
     if args.model:
         price = get_model_pricing(args.model)
         if price is None:
             print(f"flexllm: no price known for {args.model!r} (see `flexllm pricing`)", file=sys.stderr)
             return EXIT_FAILED
-        print(f"{args.model}: input ${price['input'] * 1e6:g} / 1M tokens, output ${price['output'] * 1e6:g} / 1M tokens"
+        print(f"{args.model}: input ${price['input'] * 1e6:g} / 1M tokens (cached input "
+              f"${get_cached_input_price(args.model) * 1e6:g}), output ${price['output'] * 1e6:g} / 1M tokens"
               f"; provider batch (--provider-batch): input ${price['input'] * BATCH_DISCOUNT * 1e6:g}, output "
               f"${price['output'] * BATCH_DISCOUNT * 1e6:g}")
         return EXIT_OK
     width = max(len(k) for k in MODEL_PRICING)
-    print(f"{'model':<{width}}  {'input $/1M':>10}  {'output $/1M':>11}  {'batch in':>8}  {'batch out':>9}"
-          f"   (list prices taken {PRICES_TAKEN_ON}; batch = provider batch APIs at {BATCH_DISCOUNT:.0%})")
+    print(f"{'model':<{width}}  {'input $/1M':>10}  {'cached in':>9}  {'output $/1M':>11}  {'batch in':>8}  "
+          f"{'batch out':>9}   (list prices taken {PRICES_TAKEN_ON}; batch = provider batch APIs at "
+          f"{BATCH_DISCOUNT:.0%}; cached in = prompt-cache reads, the input price where none is published)")
     for name in sorted(MODEL_PRICING):
         p = MODEL_PRICING[name]
-        print(f"{name:<{width}}  {p['input'] * 1e6:>10g}  {p['output'] * 1e6:>11g}  "
-              f"{p['input'] * BATCH_DISCOUNT * 1e6:>8g}  {p['output'] * BATCH_DISCOUNT * 1e6:>9g}")
+        print(f"{name:<{width}}  {p['input'] * 1e6:>10g}  {get_cached_input_price(name) * 1e6:>9g}  "
+              f"{p['output'] * 1e6:>11g}  {p['input'] * BATCH_DISCOUNT * 1e6:>8g}  "
+              f"{p['output'] * BATCH_DISCOUNT * 1e6:>9g}")
     return EXIT_OK
 
 

@@ -13,8 +13,8 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from ._logging import get_logger
 
-__all__ = ["BATCH_DISCOUNT", "MODEL_PRICING", "PRICES_TAKEN_ON", "estimate_batch_cost", "estimate_cost",
-           "get_model_pricing", "usage_cost"]
+__all__ = ["BATCH_DISCOUNT", "CACHED_INPUT_PRICING", "MODEL_PRICING", "PRICES_TAKEN_ON", "estimate_batch_cost",
+           "estimate_cost", "get_cached_input_price", "get_model_pricing", "usage_cost"]
 
 logger = get_logger(__name__)
 
@@ -55,6 +55,20 @@ MODEL_PRICING: Dict[str, Dict[str, float]] = {
     "qwen3-max": _p(1.2, 6),
 }
 
+#: USD per prompt token served from the provider's prompt cache (OpenAI `prompt_tokens_details.cached_tokens`,
+#: DeepSeek `prompt_cache_hit_tokens`, Gemini `cachedContentTokenCount`), where the provider publishes one.
+#: A model missing here has its cached tokens priced at its full input price: never under-counted. Claude's
+#: cache prices are multiples of its input price (reads 0.1x, listed here; writes: see usage_cost).
+CACHED_INPUT_PRICING: Dict[str, float] = {k: v / 1e6 for k, v in {
+    "gpt-4o": 1.25, "gpt-4o-mini": 0.075, "gpt-4.1": 0.5, "gpt-4.1-mini": 0.1, "gpt-4.1-nano": 0.025,
+    "gpt-5": 0.125, "gpt-5-mini": 0.025, "gpt-5-nano": 0.005, "gpt-5.1": 0.125,
+    "o1": 7.5, "o1-mini": 0.55, "o3": 0.5, "o3-mini": 0.55, "o4-mini": 0.275,
+    "gemini-2.5-pro": 0.125, "gemini-2.5-flash": 0.03, "gemini-2.5-flash-lite": 0.01, "gemini-2.0-flash": 0.025,
+    "gemini-3-pro-preview": 0.2,
+    "deepseek-chat": 0.028, "deepseek-reasoner": 0.028,
+}.items()}
+CACHED_INPUT_PRICING.update({k: v["input"] * 0.1 for k, v in MODEL_PRICING.items() if k.startswith("claude")})
+
 _PREFIXES = ("openai/", "anthropic/", "google/", "models/", "deepseek/", "qwen/", "dashscope/")
 _warned: set = set()
 _warn_lock = threading.Lock()
@@ -75,23 +89,40 @@ def _normalise(model: str) -> str:
     return name
 
 
+def _price_key(model: str) -> Optional[str]:
+    """The MODEL_PRICING key `model` is priced as: exact name, else the longest known name followed by a
+    snapshot suffix; None when unknown."""
+    name = _normalise(model)
+    table = MODEL_PRICING
+    if name in table:
+        return name
+    best = None
+    for key in table:
+        if name.startswith(key) and _SNAPSHOT.match(name, len(key)) and (best is None or len(key) > len(best)):
+            best = key
+    return best
+
+
 def get_model_pricing(model: str, batch: bool = False) -> Optional[Dict[str, float]]:
     """`{"input", "output"}` USD per token: exact name, else the longest known name followed by a snapshot
     suffix (`_SNAPSHOT`; so
     `gpt-4o-mini-2024-07-18` is priced as gpt-4o-mini, never gpt-4o); None when unknown.
     `batch=True`: the provider-batch price (BATCH_DISCOUNT of the live one)."""
-    name = _normalise(model)
-    table = MODEL_PRICING
-    found = table.get(name)
-    if found is None:
-        best = None
-        for key in table:
-            if name.startswith(key) and _SNAPSHOT.match(name, len(key)) and (best is None or len(key) > len(best)):
-                best = key
-        found = table[best] if best else None
+    key = _price_key(model)
+    found = MODEL_PRICING[key] if key is not None else None
     if found is not None and batch:
         return {k: v * BATCH_DISCOUNT for k, v in found.items()}
     return found
+
+
+def get_cached_input_price(model: str, batch: bool = False) -> Optional[float]:
+    """USD per prompt token read from the provider's prompt cache: CACHED_INPUT_PRICING's, else the full input
+    price (conservative); None for an unknown model."""
+    key = _price_key(model)
+    if key is None:
+        return None
+    price = CACHED_INPUT_PRICING.get(key, MODEL_PRICING[key]["input"])
+    return price * BATCH_DISCOUNT if batch else price
 
 
 def estimate_cost(tokens: int, model: str = "gpt-4", is_input: bool = True, batch: bool = False) -> float:
@@ -108,30 +139,46 @@ def estimate_cost(tokens: int, model: str = "gpt-4", is_input: bool = True, batc
     return tokens * price["input" if is_input else "output"]
 
 
-#: Anthropic's prompt-cache prices, as multiples of the input price (5-minute cache writes; reads)
+#: Anthropic's prompt-cache prices, as multiples of the input price: 5-minute cache writes, 1-hour cache
+#: writes (`usage.cache_creation.ephemeral_1h_input_tokens`), reads
 CACHE_WRITE_FACTOR = 1.25
+CACHE_WRITE_1H_FACTOR = 2.0
 CACHE_READ_FACTOR = 0.1
 
 
-def _tokens(usage: Dict[str, Any], key: str) -> int:
-    value = usage.get(key)
+def _tokens(usage: Any, key: str) -> int:
+    value = usage.get(key) if isinstance(usage, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def usage_cost(model: str, usage: Optional[Dict[str, Any]], batch: bool = False) -> float:
     """USD of one reply's `usage` (prompt + completion tokens); 0.0 for an unknown model (no warning).
 
-    Claude's prompt-cache tokens (counted inside prompt_tokens) are billed as Anthropic bills them: writes at
-    1.25x the input price, reads at 0.1x. OpenAI's cached tokens stay at the full input price (their
-    discount differs by model), so that figure never under-counts.
+    Prompt-cache tokens (counted inside prompt_tokens) are billed as the provider bills them. Claude: writes
+    at 1.25x the input price (1-hour writes 2x), reads at 0.1x. OpenAI `prompt_tokens_details.cached_tokens`,
+    DeepSeek `prompt_cache_hit_tokens`, Gemini `cached_tokens`: the model's CACHED_INPUT_PRICING price, else
+    the full input price (so an unlisted model is never under-counted).
     """
-    price = get_model_pricing(model, batch) if usage else None
-    if not price:
+    key = _price_key(model) if usage and isinstance(usage, dict) else None
+    if key is None:
         return 0.0
-    written, read = _tokens(usage, "cache_creation_input_tokens"), _tokens(usage, "cache_read_input_tokens")
-    prompt = max(0, _tokens(usage, "prompt_tokens") - written - read)
-    return (prompt + written * CACHE_WRITE_FACTOR + read * CACHE_READ_FACTOR) * price["input"] + \
-        _tokens(usage, "completion_tokens") * price["output"]
+    price = MODEL_PRICING[key]
+    inp = price["input"]
+    prompt = _tokens(usage, "prompt_tokens")
+    written = _tokens(usage, "cache_creation_input_tokens")
+    if written or "cache_read_input_tokens" in usage:  # Anthropic's shape
+        hour = min(written, _tokens(usage.get("cache_creation"), "ephemeral_1h_input_tokens"))
+        read, read_price = _tokens(usage, "cache_read_input_tokens"), inp * CACHE_READ_FACTOR
+        fresh = max(0, prompt - written - read)
+        input_usd = (fresh + (written - hour) * CACHE_WRITE_FACTOR + hour * CACHE_WRITE_1H_FACTOR) * inp
+    else:
+        read = (_tokens(usage.get("prompt_tokens_details"), "cached_tokens")
+                or _tokens(usage, "prompt_cache_hit_tokens") or _tokens(usage, "cached_tokens"))
+        read = min(read, prompt)
+        read_price = CACHED_INPUT_PRICING.get(key, inp)
+        input_usd = (prompt - read) * inp
+    usd = input_usd + read * read_price + _tokens(usage, "completion_tokens") * price["output"]
+    return usd * BATCH_DISCOUNT if batch else usd
 
 
 def estimate_batch_cost(messages_list: Iterable[List[dict]], model: str = "gpt-4",

@@ -1,7 +1,8 @@
 """The Anthropic Messages API dialect of the mock server (`POST /v1/messages`, plain and streamed).
 
 Directives beyond the shared ones (`tool=`/`tool_args=` become tool_use blocks): `think` (a thinking
-block), `finish=<stop_reason>`, `block` (a refusal), `cache_read=N` / `cache_write=N` (cache usage),
+block), `finish=<stop_reason>`, `block` (a refusal), `cache_read=N` / `cache_write=N` (cache usage; with
+`cache_write_1h=M`, M of the writes are 1-hour ones in `usage.cache_creation`),
 `stream_error=<error type>` (an `event: error` halfway through a stream, or after `at=N` events).
 """
 from __future__ import annotations
@@ -89,9 +90,14 @@ def requested_schema(body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
 
 def _usage(turn: Turn, output: int) -> Dict[str, Any]:
     d = turn.directives
-    return {"input_tokens": words(strip(texts(turn.body)[0])) + 3 * len(turn.body.get("messages") or ()),
-            "cache_creation_input_tokens": int(d.get("cache_write", 0)),
-            "cache_read_input_tokens": int(d.get("cache_read", 0)), "output_tokens": output}
+    out = {"input_tokens": words(strip(texts(turn.body)[0])) + 3 * len(turn.body.get("messages") or ()),
+           "cache_creation_input_tokens": int(d.get("cache_write", 0)),
+           "cache_read_input_tokens": int(d.get("cache_read", 0)), "output_tokens": output}
+    if "cache_write_1h" in d:  # the TTL split of cache_write (which counts both)
+        hour = int(d["cache_write_1h"])
+        out["cache_creation"] = {"ephemeral_5m_input_tokens": max(0, out["cache_creation_input_tokens"] - hour),
+                                 "ephemeral_1h_input_tokens": hour}
+    return out
 
 
 def _blocks(turn: Turn) -> List[Dict[str, Any]]:

@@ -5,7 +5,7 @@ import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ._common import Turn, bearer, pieces, sse, text_of, words
-from ._directives import strip
+from ._directives import extract, strip
 
 __all__ = ["api_key", "error_body", "is_stream", "matches", "pieces", "reply", "stream", "texts", "words"]
 
@@ -63,11 +63,20 @@ def _message(answer: str, reasoning: Optional[str], think: Optional[str]) -> Dic
     return msg
 
 
-def usage(body: Dict[str, Any], answer: str, reasoning: Optional[str], n: int = 1) -> Dict[str, int]:
+def usage(body: Dict[str, Any], answer: str, reasoning: Optional[str], n: int = 1) -> Dict[str, Any]:
     all_text, _ = texts(body)
     prompt = words(strip(all_text)) + 3 * len(body.get("messages") or [])
     completion = (words(answer) + words(reasoning or "")) * n
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    out: Dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion}
+    d = extract(all_text) if "[[mock:" in all_text else {}
+    if "cache_read" in d:  # OpenAI's shape: cached tokens are counted inside prompt_tokens
+        out["prompt_tokens"] += int(d["cache_read"])
+        out["prompt_tokens_details"] = {"cached_tokens": int(d["cache_read"])}
+    if "cache_hit" in d:  # DeepSeek's shape
+        out["prompt_tokens"] += int(d["cache_hit"])
+        out["prompt_cache_hit_tokens"], out["prompt_cache_miss_tokens"] = int(d["cache_hit"]), prompt
+    out["total_tokens"] = out["prompt_tokens"] + completion
+    return out
 
 
 def _reasoning(turn: Turn) -> Tuple[Optional[str], Optional[str]]:

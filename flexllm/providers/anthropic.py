@@ -70,7 +70,7 @@ def _count(value: Any) -> int:
 _INF = float("inf")
 
 
-def to_usage(usage: Any) -> Optional[Dict[str, int]]:
+def to_usage(usage: Any) -> Optional[Dict[str, Any]]:
     """Messages API usage → OpenAI-style usage; prompt_tokens counts cached input too (as OpenAI's does)."""
     if not usage or not isinstance(usage, dict):
         return None
@@ -84,7 +84,13 @@ def to_usage(usage: Any) -> Optional[Dict[str, int]]:
         out["cache_read_input_tokens"] = read
         out["cache_creation_input_tokens"] = write
         out["prompt_tokens_details"] = {"cached_tokens": read}
+        split = usage.get("cache_creation")  # writes by cache lifetime: 1-hour ones cost more (pricing.py)
+        if write and isinstance(split, dict):
+            out["cache_creation"] = {k: _count(split.get(k)) for k in _TTL_KEYS}
     return out
+
+
+_TTL_KEYS = ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")
 
 
 def _tool_call(block: Mapping[str, Any]) -> Dict[str, Any]:
