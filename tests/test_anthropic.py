@@ -156,15 +156,17 @@ def test_tools_round_trip(server):
     assert call["type"] == "function" and call["function"]["name"] == "get_weather"
     assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
     # the OpenAI-shaped history goes back as tool_use / tool_result blocks
+    other = {"id": "other", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
     c.chat_completions_sync(user(q) + [
-        {"role": "assistant", "content": None, "tool_calls": r.tool_calls},
+        {"role": "assistant", "content": None, "tool_calls": r.tool_calls + [other]},
         {"role": "tool", "tool_call_id": call["id"], "content": "18C"},
         {"role": "tool", "tool_call_id": "other", "content": "n/a"},
         {"role": "user", "content": "thanks"}], tools=TOOLS, tool_choice="required")
     body = sent(server)
     assert body["tool_choice"] == {"type": "any"}
     assert body["messages"][1] == {"role": "assistant", "content": [
-        {"type": "tool_use", "id": call["id"], "name": "get_weather", "input": {"city": "Paris"}}]}
+        {"type": "tool_use", "id": call["id"], "name": "get_weather", "input": {"city": "Paris"}},
+        {"type": "tool_use", "id": "other", "name": "get_weather", "input": {}}]}
     assert body["messages"][2] == {"role": "user", "content": [
         {"type": "tool_result", "tool_use_id": call["id"], "content": "18C"},
         {"type": "tool_result", "tool_use_id": "other", "content": "n/a"},

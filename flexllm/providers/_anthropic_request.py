@@ -10,6 +10,8 @@ import json
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
+from .base import unmatched_tool_result
+
 __all__ = ["IMAGE_TYPES", "content_blocks", "output_format", "to_messages", "tool_choice", "tools"]
 
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
@@ -99,6 +101,7 @@ def to_messages(messages: List[dict]) -> Tuple[List[Dict[str, Any]], List[Dict[s
     """OpenAI-style messages → (system blocks, Messages API messages); consecutive same-role turns merge."""
     system: List[Dict[str, Any]] = []
     out: List[Dict[str, Any]] = []
+    calls = set()  # ids of the assistant's tool calls so far: a tool result must answer one of them
     for i, m in enumerate(messages):
         role = m.get("role")
         where = f"messages[{i}]"
@@ -109,9 +112,13 @@ def to_messages(messages: List[dict]) -> Tuple[List[Dict[str, Any]], List[Dict[s
             blocks = content_blocks(m.get("content"), where)
         elif role == "assistant":
             blocks = content_blocks(m.get("content"), where) + [_tool_use(c, where) for c in m.get("tool_calls") or ()]
+            calls.update(b.get("id") for b in blocks if isinstance(b, dict) and b.get("type") == "tool_use"
+                         and isinstance(b.get("id"), str))  # the caller's native tool_use blocks count too
         elif role == "tool":
             if not m.get("tool_call_id"):
                 raise ValueError(f"{where}: a tool message needs tool_call_id (the id of the assistant's tool call)")
+            if not isinstance(m["tool_call_id"], str) or m["tool_call_id"] not in calls:
+                raise unmatched_tool_result(m["tool_call_id"], where)
             result: Dict[str, Any] = {"type": "tool_result", "tool_use_id": m["tool_call_id"]}
             content = m.get("content")
             result["content"] = content if isinstance(content, str) else content_blocks(content, where)

@@ -11,6 +11,8 @@ import mimetypes
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
+from .base import unmatched_tool_result
+
 __all__ = ["to_contents", "tool_choice", "tools"]
 
 
@@ -118,9 +120,7 @@ def to_contents(messages: List[dict]) -> Tuple[List[Dict[str, Any]], Optional[Di
             call_id = m.get("tool_call_id")
             name = m.get("name") or names.get(call_id if isinstance(call_id, str) else "")
             if not name:  # Gemini matches a result to its call by the function's name: never guess one
-                raise ValueError(f"tool message with tool_call_id {call_id!r} matches no earlier assistant tool "
-                                 "call; keep the assistant message with its tool_calls, or give the tool message "
-                                 "the function's name")
+                raise unmatched_tool_result(call_id, also=", or give the tool message the function's name")
             part = {"functionResponse": {
                 "name": name, "response": payload if isinstance(payload, dict) else {"result": payload}}}
             last = contents[-1] if contents else None

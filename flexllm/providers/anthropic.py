@@ -14,7 +14,7 @@ from ..errors import APIStatusError, ContentBlockedError, QuotaExceededError, Re
 from ..types import ChatCompletionResult, StreamEvent
 from ._anthropic_request import content_blocks, output_format, to_messages, tool_choice, tools
 from .base import LIBRARY_KWARGS, MAX_ERROR_TEXT, ProviderAdapter, RequestSpec, StreamReply, as_dict, as_str, \
-    check_headers, clean_secret, shape_guard
+    check_headers, check_token_limits, clean_secret, shape_guard
 from .registry import Provider, register
 
 __all__ = ["DEFAULT_MAX_TOKENS", "THINKING_BUDGETS", "AnthropicAdapter", "split_claude_thoughts", "to_messages",
@@ -216,6 +216,7 @@ class AnthropicAdapter(ProviderAdapter):
 
     def build_request(self, messages: List[dict], model: str, params: Dict[str, Any], *,
                       stream: bool = False) -> RequestSpec:
+        check_token_limits(params)
         unknown = [k for k in params if k not in LIBRARY_KWARGS and k not in PARAM_MAP and k not in NATIVE
                    and k not in HANDLED]
         if unknown:

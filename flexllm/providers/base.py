@@ -15,7 +15,8 @@ from ..errors import APIStatusError, LLMError, ResponseParseError
 from ..types import ChatCompletionResult, StreamEvent
 
 __all__ = ["LIBRARY_KWARGS", "MAX_ERROR_TEXT", "ProviderAdapter", "RequestSpec", "SHAPE_ERRORS", "StreamReply", "as_dict",
-           "as_str", "check_headers", "clean_secret", "decode_sse_json", "shape_guard"]
+           "as_str", "check_headers", "check_token_limits", "clean_secret", "decode_sse_json", "shape_guard",
+           "unmatched_tool_result"]
 
 #: server text quoted in an error message is cut to this many characters (after redaction)
 MAX_ERROR_TEXT = 500
@@ -43,6 +44,23 @@ def clean_secret(value: Optional[str], name: str = "api_key") -> str:
             raise ValueError(f"{name} contains {kind} at position {i + 1} of {len(value)}; a key is printable "
                              "ASCII without spaces (check how it was read: a file, a CRLF .env, a copied quote)")
     return value
+
+
+def check_token_limits(params: Mapping[str, Any]) -> None:
+    """ValueError naming the parameter unless each reply-length limit given is a whole number >= 1 (None = not
+    set). Every adapter's build_request calls it, so 0, a bool or "100" never reaches a server (they answer 400,
+    or a proxy an empty reply)."""
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = params.get(name)
+        if value is not None and (value.__class__ is bool or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+
+
+def unmatched_tool_result(call_id: Any, where: str = "", also: str = "") -> ValueError:
+    """The error for a tool message whose tool_call_id names no earlier assistant tool call: refused before
+    sending (the provider could not pair it with its call: a 400, or a result given to the wrong call)."""
+    return ValueError(f"{where + ': ' if where else ''}tool message with tool_call_id {call_id!r} matches no earlier "
+                      f"assistant tool call; keep the assistant message with its tool_calls{also}")
 
 
 def check_headers(headers: Optional[Mapping[str, Any]], what: str) -> Dict[str, str]:

@@ -15,7 +15,7 @@ from ..errors import APIStatusError, ContentBlockedError, QuotaExceededError, Re
 from ..types import ChatCompletionResult, StreamEvent
 from ._gemini_request import to_contents, tool_choice, tools
 from .base import LIBRARY_KWARGS, ProviderAdapter, RequestSpec, StreamReply, as_dict, as_str, check_headers, \
-    clean_secret, decode_sse_json
+    check_token_limits, clean_secret, decode_sse_json
 from .registry import Provider, register
 
 __all__ = ["GeminiAdapter", "detect_gemini", "gemini_thinking_config"]
@@ -176,6 +176,7 @@ class GeminiAdapter(ProviderAdapter):
     # -- request ------------------------------------------------------------------------------------
     def build_request(self, messages: List[dict], model: str, params: Dict[str, Any], *,
                       stream: bool = False) -> RequestSpec:
+        check_token_limits(params)
         model_id = model[len("models/"):] if model.startswith("models/") else model
         contents, system = to_contents(messages)
         body: Dict[str, Any] = {"contents": contents}

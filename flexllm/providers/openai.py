@@ -16,7 +16,7 @@ from ..errors import (
 )
 from ..types import ChatCompletionResult, StreamEvent
 from .base import LIBRARY_KWARGS, MAX_ERROR_TEXT, ProviderAdapter, RequestSpec, StreamReply, as_dict, as_str, \
-    check_headers, clean_secret, decode_sse_json
+    check_headers, check_token_limits, clean_secret, decode_sse_json
 from .registry import Provider, foreign_params, register
 
 __all__ = ["OpenAIAdapter", "endpoint_kind", "split_thoughts", "thinking_params"]
@@ -118,6 +118,7 @@ class OpenAIAdapter(ProviderAdapter):
 
     def build_request(self, messages: List[dict], model: str, params: Dict[str, Any], *,
                       stream: bool = False) -> RequestSpec:
+        check_token_limits(params)
         foreign = foreign_params(self.name, params)
         if foreign:
             raise ValueError(f"OpenAI-compatible servers do not take {foreign} (another provider's parameters)")
