@@ -10,9 +10,14 @@ from typing import Any
 from . import __version__
 from .providers import names as provider_names
 
-__all__ = ["THINKING", "build_parser"]
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PENDING", "EXIT_TERMINATED", "EXIT_USAGE", "THINKING",
+           "build_parser"]
 
 THINKING = ("true", "false", "minimal", "low", "medium", "high")
+
+#: exit codes of the `flexllm` command (see flexllm.cli's docstring)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PENDING = 0, 1, 2, 130, 75
+EXIT_TERMINATED = 143  # `ask` stopped by SIGTERM: 128 + 15, what a shell reports for the signal
 
 
 def _positive(kind: Any, zero: bool = False) -> Any:

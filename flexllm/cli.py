@@ -3,7 +3,8 @@
 Exit codes of `flexllm batch`: 0 every item succeeded; 1 some failed (a rerun retries them), the run
 stopped early, or another run holds the output file; 2 usage or input errors; 130 interrupted;
 75 (`--provider-batch` only) items are still being processed at the provider: rerun later to collect.
-This is the only module of flexllm that prints.
+`flexllm ask` stopped by SIGTERM exits 143 with one line on stderr.
+This module and `_cli_costs` (tokens, pricing, dry runs) are the only ones of flexllm that print.
 """
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from ._cli_args import THINKING as THINKING  # importable from here, as before the split
-from ._cli_args import build_parser
+from ._cli_args import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PENDING, EXIT_TERMINATED, EXIT_USAGE, build_parser
+from ._cli_costs import cmd_pricing, cmd_tokens, dry_run_line
 from ._input import BatchInput, UsageError, read_jsonl
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PENDING = 0, 1, 2, 130, 75
 
 
 def _env(*names: str) -> Optional[str]:
@@ -172,7 +173,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         model = args.model or _env("FLEXLLM_MODEL")
         if not model:
             raise UsageError("no model: pass --model or set FLEXLLM_MODEL")
-        print(_dry_run(messages_list, model, args.max_tokens), file=sys.stderr)
+        print(dry_run_line(messages_list, model, args.max_tokens), file=sys.stderr)
         return EXIT_OK
     limit = _rate_limit(args)
     client = _client(args, concurrency_limit=args.concurrency, cache=cache, rate_limit=limit,
@@ -222,22 +223,6 @@ def _drain_job(job: Any, messages_list: Any) -> Dict[str, Any]:
     for _ in job.run(messages_list):
         pass
     return job.summary()
-
-
-def _dry_run(messages_list: List[List[dict]], model: str, max_tokens: Optional[int]) -> str:
-    """One line: items, input tokens and the estimated cost of a live batch (nothing is sent)."""
-    from .pricing import estimate_batch_cost, get_model_pricing
-
-    est = estimate_batch_cost(messages_list, model=model, avg_output_tokens=max_tokens or 0)
-    line = f"dry run: {est['count']} items, {est['input_tokens']} input tokens"
-    if get_model_pricing(model) is None:
-        return line + f", cost unknown (no price for model {model!r}; see `flexllm pricing`); nothing sent"
-    line += f", estimated cost ${est['estimated_cost_usd']:.6f} (input ${est['input_cost']:.6f}"
-    if max_tokens:
-        line += f" + output ${est['output_cost']:.6f} at most, {max_tokens} reply tokens each)"
-    else:
-        line += " + replies: pass --max-tokens to bound them)"
-    return line + "; nothing sent"
 
 
 def _guarded(client: Any, run: Any, interrupted: str) -> Tuple[Optional[Dict[str, Any]], int]:
@@ -324,6 +309,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
         [{"role": "user", "content": question}]
     client = _client(args)
+    from ._cancel import sigterm_as_interrupt
+
+    restore = sigterm_as_interrupt()  # scoped to this command: the previous handler is put back below
     try:
         for piece in client.chat_completions_stream_sync(messages, **_params(args)):
             sys.stdout.write(piece)
@@ -337,54 +325,14 @@ def cmd_ask(args: argparse.Namespace) -> int:
         return EXIT_OK
     except ValueError as exc:  # a parameter this provider does not take (e.g. --thinking minimal for Claude)
         raise UsageError(_flag_named(exc, args)) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if exc.args == ("SIGTERM",):  # systemd, `timeout`: one line and the shell's code, no traceback
+            print("\nflexllm: stopped by SIGTERM", file=sys.stderr)
+            return EXIT_TERMINATED
         return EXIT_INTERRUPTED
     finally:
+        restore()
         client.close()
-    return EXIT_OK
-
-
-def cmd_tokens(args: argparse.Namespace) -> int:
-    from .pricing import estimate_batch_cost, get_model_pricing
-
-    model = args.model or _env("FLEXLLM_MODEL") or "gpt-4o"
-    messages_list, _ = read_jsonl(args.input, args.system, args.limit)
-    est = estimate_batch_cost(messages_list, model=model, avg_output_tokens=args.avg_output_tokens)
-    print(f"model: {model}")
-    print(f"items: {est['count']}")
-    print(f"input tokens: {est['input_tokens']}")
-    if args.avg_output_tokens:
-        print(f"expected output tokens: {est['estimated_output_tokens']}")
-    if get_model_pricing(model) is None:
-        print("estimated cost: unknown (no price for this model; see `flexllm pricing`)")
-    else:
-        print(f"estimated cost: ${est['estimated_cost_usd']:.4f} (input ${est['input_cost']:.4f}"
-              f" + output ${est['output_cost']:.4f})")
-    return EXIT_OK
-
-
-def cmd_pricing(args: argparse.Namespace) -> int:
-    from .pricing import BATCH_DISCOUNT, MODEL_PRICING, PRICES_TAKEN_ON, get_cached_input_price, get_model_pricing
-
-    if args.model:
-        price = get_model_pricing(args.model)
-        if price is None:
-            print(f"flexllm: no price known for {args.model!r} (see `flexllm pricing`)", file=sys.stderr)
-            return EXIT_FAILED
-        print(f"{args.model}: input ${price['input'] * 1e6:g} / 1M tokens (cached input "
-              f"${get_cached_input_price(args.model) * 1e6:g}), output ${price['output'] * 1e6:g} / 1M tokens"
-              f"; provider batch (--provider-batch): input ${price['input'] * BATCH_DISCOUNT * 1e6:g}, output "
-              f"${price['output'] * BATCH_DISCOUNT * 1e6:g}")
-        return EXIT_OK
-    width = max(len(k) for k in MODEL_PRICING)
-    print(f"{'model':<{width}}  {'input $/1M':>10}  {'cached in':>9}  {'output $/1M':>11}  {'batch in':>8}  "
-          f"{'batch out':>9}   (list prices taken {PRICES_TAKEN_ON}; batch = provider batch APIs at "
-          f"{BATCH_DISCOUNT:.0%}; cached in = prompt-cache reads, the input price where none is published)")
-    for name in sorted(MODEL_PRICING):
-        p = MODEL_PRICING[name]
-        print(f"{name:<{width}}  {p['input'] * 1e6:>10g}  {get_cached_input_price(name) * 1e6:>9g}  "
-              f"{p['output'] * 1e6:>11g}  {p['input'] * BATCH_DISCOUNT * 1e6:>8g}  "
-              f"{p['output'] * BATCH_DISCOUNT * 1e6:>9g}")
     return EXIT_OK
 
 
@@ -402,7 +350,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             return serve(args)
         if args.command == "tokens":
-            return cmd_tokens(args)
+            return cmd_tokens(args, args.model or _env("FLEXLLM_MODEL") or "gpt-4o")
         return cmd_pricing(args)
     except UsageError as exc:
         print(f"flexllm: {exc}", file=sys.stderr)
