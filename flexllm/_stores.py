@@ -79,11 +79,14 @@ def sqlite_path(url: str) -> str:
     """The file of a SQLite store URL: `sqlite:///var/lib/app/limits.db` is absolute (as in file:// URLs;
     extra leading slashes are ignored), `sqlite://relative/limits.db` and `sqlite://~/limits.db` are not."""
     if not url.lower().startswith("sqlite://"):
-        raise ValueError(f"shared={url!r}: a SQLite store is 'sqlite:///absolute/path/limits.db'")
+        raise ValueError(f"shared={safe_url(url)!r}: a SQLite store is 'sqlite:///absolute/path/limits.db'")
     rest = url[len("sqlite://"):]
+    if "?" in rest or "#" in rest:  # no SQLite option is read from the URL: `x.db?mode=ro` would be the file name
+        raise ValueError(f"shared={safe_url(url)!r}: a SQLite store URL takes no query string or fragment "
+                         "('?…', '#…'); name only the file, e.g. 'sqlite:///var/lib/myapp/limits.db'")
     path = "/" + rest.lstrip("/") if rest.startswith("/") else rest
     if not path.strip("/") or path.endswith("/"):
-        raise ValueError(f"shared={url!r}: name a file, e.g. 'sqlite:///var/lib/myapp/limits.db'")
+        raise ValueError(f"shared={safe_url(url)!r}: name a file, e.g. 'sqlite:///var/lib/myapp/limits.db'")
     return os.path.expanduser(path)
 
 
