@@ -19,7 +19,7 @@ from typing import Mapping, Optional
 
 import redis
 
-from ._stores import Dims, StoreUnavailable, safe_url, url_secrets
+from ._store_common import Dims, StoreUnavailable, safe_url, url_secrets
 
 __all__ = ["RedisStore"]
 
