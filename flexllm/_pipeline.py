@@ -22,8 +22,9 @@ from .http import Transport, dumps, seconds
 from .providers.base import ProviderAdapter, RequestSpec
 from .ratelimit import RateLimit
 from .retry import RetryPolicy, is_retryable
-from .structured import ResponseSchema, fill_parsed, prepare, response_schema
+from .structured import ResponseSchema, fill_parsed, prepare
 from .types import ChatCompletionResult
+from ._results import add_usage, result_from_hit  # noqa: F401  (re-exported: batches import them from here)
 from ._results import cache_entry, is_answer, result_from_cache, wire_params  # noqa: F401  (re-exported)
 from ._streaming import Opened, StreamingMixin  # noqa: F401  (Opened: re-exported for the pool)
 
@@ -57,45 +58,6 @@ def _decode(body: bytes) -> Any:
         return json.loads(body)
     except ValueError:
         return body.decode("utf-8", "replace")
-
-
-
-
-#: SSE field names: a line starting with one of these is a real event stream (blank lines are separators)
-
-
-
-
-
-
-
-
-def add_usage(total: Optional[dict], usage: Optional[dict]) -> Optional[dict]:
-    """Token counts of two replies added up (numeric fields only); either may be None."""
-    if not total:
-        return dict(usage) if usage else total
-    if not usage:
-        return total
-    out = dict(total)
-    for k, v in usage.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            prev = out.get(k)
-            out[k] = (prev if isinstance(prev, (int, float)) else 0) + v
-    return out
-
-
-def result_from_hit(entry: dict, params: Dict[str, Any], model: str = "") -> Optional[ChatCompletionResult]:
-    """A cache entry as a result, parsed against `params`' response_format schema; None when it does not fit
-    (the caller asks the provider again, and the valid reply replaces the entry)."""
-    result = result_from_cache(entry)
-    fmt = params.get("response_format")
-    schema = response_schema(fmt) if fmt is not None else None
-    if schema is not None:
-        try:
-            fill_parsed(result, schema, model=model)
-        except ResponseValidationError:
-            return None
-    return result
 
 
 class Pipeline(StreamingMixin):

@@ -1,12 +1,14 @@
-"""Results and cache entries: the small pure conversions the request pipeline and its streaming half share."""
+"""Results and cache entries: the small pure conversions the request pipeline, its streaming half and the
+batch engines share (no I/O, no state)."""
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
-from .structured import prepare
+from .errors import ResponseValidationError
+from .structured import fill_parsed, prepare, response_schema
 from .types import ChatCompletionResult
 
-__all__ = ["cache_entry", "is_answer", "result_from_cache", "wire_params"]
+__all__ = ["add_usage", "cache_entry", "is_answer", "result_from_cache", "result_from_hit", "wire_params"]
 
 
 def result_from_cache(entry: dict) -> ChatCompletionResult:
@@ -32,3 +34,31 @@ def wire_params(params: Dict[str, Any]) -> Dict[str, Any]:
     if "response_format" in params:
         return prepare(params)[0]
     return params
+
+
+def add_usage(total: Optional[dict], usage: Optional[dict]) -> Optional[dict]:
+    """Token counts of two replies added up (numeric fields only); either may be None."""
+    if not total:
+        return dict(usage) if usage else total
+    if not usage:
+        return total
+    out = dict(total)
+    for k, v in usage.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            prev = out.get(k)
+            out[k] = (prev if isinstance(prev, (int, float)) else 0) + v
+    return out
+
+
+def result_from_hit(entry: dict, params: Dict[str, Any], model: str = "") -> Optional[ChatCompletionResult]:
+    """A cache entry as a result, parsed against `params`' response_format schema; None when it does not fit
+    (the caller asks the provider again, and the valid reply replaces the entry)."""
+    result = result_from_cache(entry)
+    fmt = params.get("response_format")
+    schema = response_schema(fmt) if fmt is not None else None
+    if schema is not None:
+        try:
+            fill_parsed(result, schema, model=model)
+        except ResponseValidationError:
+            return None
+    return result
