@@ -11,7 +11,7 @@ import collections
 import json
 import re
 import sys
-from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Deque, Iterator, List, Optional, Set, Tuple
 
 from ._messages import find_lone_surrogate
 
@@ -95,21 +95,19 @@ class BatchInput:
     `params` object (its own request parameters) is taken out of its metadata.
     """
 
-    def __init__(self, path: str, system: Optional[str], limit: Optional[int]) -> None:
+    def __init__(self, path: str, system: Optional[str], limit: Optional[int], priced: bool = False) -> None:
         self.path, self.system, self.limit = path, system, limit
         self.total: Optional[int] = None
         self.has_params = True  # unknown for stdin: every item then gets an entry (None = the call's params)
-        #: model named by a line's own params → its first line (a file only: checked before any request)
-        self.models: Dict[str, int] = {}
+        #: `priced` (--max-cost): a line's own model must have a price. A file is checked before any request;
+        #: stdin, read once, as each line is reached (the run stops there; what finished is kept)
+        self._priced: Optional[Set[str]] = set() if priced else None
         if path != "-":
             self.total = self.has_params = 0
             for lineno, _, row in iter_rows(path, system, limit):
                 self.total += 1
                 self.has_params = self.has_params or "params" in row
-                own = row.get("params")
-                model = own.get("model") if isinstance(own, dict) else None
-                if isinstance(model, str) and model not in self.models:
-                    self.models[model] = lineno
+                self._check_price(row, lineno)
         # what items drawn from `messages` but not yet paired carry: a few entries, never the file
         self._meta: Deque[dict] = collections.deque()
         self._params: Deque[Optional[dict]] = collections.deque()
@@ -119,8 +117,25 @@ class BatchInput:
         rows = self._messages()
         return rows if self.total is None else _Sized(rows, self.total)
 
+    def _check_price(self, row: dict, lineno: int) -> None:
+        """UsageError naming the line when --max-cost is set and the line's own model has no known price."""
+        own = row.get("params") if self._priced is not None else None
+        model = own.get("model") if isinstance(own, dict) else None
+        if not isinstance(model, str) or model in self._priced:
+            return
+        from .pricing import get_model_pricing
+
+        if get_model_pricing(model) is None:
+            later = "" if self.total is not None else ("; the lines before it that finished are kept: fix the line "
+                                                        "(or price the model) and rerun the same command to resume")
+            raise UsageError(f"{self.path}:{lineno}: --max-cost is set but no price is known for model {model!r}, "
+                             f"so the cap could not be kept; add it to flexllm.MODEL_PRICING{later}")
+        self._priced.add(model)
+
     def _messages(self) -> Iterator[List[dict]]:
-        for _, messages, row in iter_rows(self.path, self.system, self.limit, warn=self.total is None):
+        for lineno, messages, row in iter_rows(self.path, self.system, self.limit, warn=self.total is None):
+            if self.total is None:  # stdin: checked as read (a file was checked before any request)
+                self._check_price(row, lineno)
             own = row.pop("params", None)
             if self.has_params:
                 self._params.append(own)

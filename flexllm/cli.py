@@ -151,15 +151,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         messages_list, metadata = read_jsonl(args.input, args.system, args.limit)
         params_list = _item_params(metadata)
     else:  # a live batch streams its input: memory does not grow with the file
-        source = BatchInput(args.input, args.system, args.limit)
+        source = BatchInput(args.input, args.system, args.limit, priced=args.max_cost is not None)
         messages_list, metadata, params_list = source.messages(), source.metadata(), source.params()
-        if args.max_cost is not None:  # a line's own model without a price: refused before any request
-            from .pricing import get_model_pricing
-
-            for model, lineno in source.models.items():
-                if get_model_pricing(model) is None:
-                    raise UsageError(f"{args.input}:{lineno}: --max-cost is set but no price is known for model "
-                                     f"{model!r}, so the cap could not be kept; add it to flexllm.MODEL_PRICING")
     params = dict(_params(args), **_schema(args.schema))
     cache = None
     if args.cache or args.cache_dir or args.cache_ttl is not None:

@@ -1,5 +1,6 @@
 """`flexllm ask` stopped by SIGTERM (systemd, `timeout`, a supervisor) while its request is at a slow server:
 it died by the signal's default (exit -15, sometimes a traceback); now it exits 143 with one short line."""
+import json
 import os
 import signal
 import subprocess
@@ -28,3 +29,32 @@ def test_sigterm_during_ask_exits_143_with_one_line(server):
     assert proc.returncode == 143, (proc.returncode, err)
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "SIGTERM" in err, err
     assert len(server.requests) == 1  # not retried on the way out
+
+
+def test_max_cost_on_stdin_stops_at_an_unpriced_line_naming_it_and_resumes(server, tmp_path):
+    """With stdin the lines are not read ahead, so a line whose own model has no price is found when it is
+    reached: the run stops there naming `-:line` and the model (exit 2, as the same line in a file), keeps
+    every finished record, sends nothing for that line, and a rerun with the line fixed resumes."""
+    from .conftest import read_records
+
+    out = tmp_path / "out.jsonl"
+    rows = [{"prompt": f"q{i}"} for i in range(5)] + [{"prompt": "x", "params": {"model": "no-such-priced-model"}}] + \
+        [{"prompt": f"r{i}"} for i in range(3)]
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    argv = [sys.executable, "-m", "flexllm", "batch", "-", "-o", str(out), "--model", "gpt-4o-mini",
+            "--base-url", server.url, "--api-key", "k", "--max-cost", "5", "--no-progress"]
+    stdin = "".join(json.dumps(r) + "\n" for r in rows)
+    res = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert "-:6:" in res.stderr and "'no-such-priced-model'" in res.stderr and "rerun" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert not any(r.body.get("model") == "no-such-priced-model" for r in server.requests)
+    done = {r["index"] for r in read_records(out)}
+    assert all(r["status"] == "success" for r in read_records(out)) and done <= set(range(5))
+    sent_before = len(server.requests)
+    rows[5]["params"]["model"] = "gpt-4o-mini"
+    res = subprocess.run(argv, input="".join(json.dumps(r) + "\n" for r in rows), capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert sorted(r["index"] for r in read_records(out)) == list(range(9))
+    assert len(server.requests) - sent_before == 9 - len(done)  # finished lines were not asked again
