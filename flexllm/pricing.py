@@ -55,6 +55,13 @@ MODEL_PRICING: Dict[str, Dict[str, float]] = {
     "qwen3-max": _p(1.2, 6),
 }
 
+#: Anthropic's prompt-cache prices, as multiples of the input price: 5-minute cache writes, 1-hour cache
+#: writes (`usage.cache_creation.ephemeral_1h_input_tokens`), reads
+CACHE_WRITE_FACTOR = 1.25
+CACHE_WRITE_1H_FACTOR = 2.0
+CACHE_READ_FACTOR = 0.1
+
+
 #: USD per prompt token served from the provider's prompt cache (OpenAI `prompt_tokens_details.cached_tokens`,
 #: DeepSeek `prompt_cache_hit_tokens`, Gemini `cachedContentTokenCount`), where the provider publishes one.
 #: A model missing here has its cached tokens priced at its full input price: never under-counted. Claude's
@@ -67,7 +74,8 @@ CACHED_INPUT_PRICING: Dict[str, float] = {k: v / 1e6 for k, v in {
     "gemini-3-pro-preview": 0.2,
     "deepseek-chat": 0.028, "deepseek-reasoner": 0.028,
 }.items()}
-CACHED_INPUT_PRICING.update({k: v["input"] * 0.1 for k, v in MODEL_PRICING.items() if k.startswith("claude")})
+CACHED_INPUT_PRICING.update({k: v["input"] * CACHE_READ_FACTOR for k, v in MODEL_PRICING.items()
+                             if k.startswith("claude")})
 
 _PREFIXES = ("openai/", "anthropic/", "google/", "models/", "deepseek/", "qwen/", "dashscope/")
 _warned: set = set()
@@ -137,13 +145,6 @@ def estimate_cost(tokens: int, model: str = "gpt-4", is_input: bool = True, batc
                                "(add it to flexllm.MODEL_PRICING)", model)
         return 0.0
     return tokens * price["input" if is_input else "output"]
-
-
-#: Anthropic's prompt-cache prices, as multiples of the input price: 5-minute cache writes, 1-hour cache
-#: writes (`usage.cache_creation.ephemeral_1h_input_tokens`), reads
-CACHE_WRITE_FACTOR = 1.25
-CACHE_WRITE_1H_FACTOR = 2.0
-CACHE_READ_FACTOR = 0.1
 
 
 def _tokens(usage: Any, key: str) -> int:

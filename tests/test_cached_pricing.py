@@ -25,10 +25,13 @@ def run(client, text, tmp_path, **kw):
     ("gpt-4.1-2025-04-14", "cache_read", "prompt_tokens_details", 2.0, 0.50, 8.0),  # a snapshot of a known model
     ("deepseek-chat", "cache_hit", "prompt_cache_hit_tokens", 0.14, 0.028, 0.28),  # DeepSeek's own field
     ("gpt-4", "cache_read", "prompt_tokens_details", 30.0, 30.0, 60.0),  # no cached price known: full price
+    ("gemini-2.5-flash", "cache_read", "cached_tokens", 0.30, 0.03, 2.50),  # Gemini's cachedContentTokenCount
 ])
 def test_cached_prompt_tokens_are_priced_at_the_cached_input_price(server, tmp_path, model, directive, field, inp,
                                                                      cached, outp):
-    client = LLMClient(base_url=server.url, api_key="k", model=model, retry_delay=0.01)
+    gemini = model.startswith("gemini")
+    client = LLMClient(base_url=server.root_url if gemini else server.url, api_key="k", model=model,
+                       provider="gemini" if gemini else "auto", retry_delay=0.01)
     for cap in (None, 1000.0):  # the plain summary and the --max-cost settle path agree
         usage, summary = run(client, f"[[mock:{directive}=100000]] hi", tmp_path, max_cost_usd=cap)
         assert field in usage  # the provider's own shape reached the record

@@ -6,7 +6,7 @@ import re
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ._common import Turn, bearer, pieces, sse, words
-from ._directives import strip
+from ._directives import extract, strip
 
 __all__ = ["api_key", "error_body", "is_stream", "matches", "reply", "route", "stream", "texts"]
 
@@ -77,8 +77,12 @@ def error_body(status: int, message: str, quota: bool = False, retry_delay: Opti
 def _usage(body: Dict[str, Any], answer: str, reasoning: Optional[str], n: int = 1) -> Dict[str, int]:
     all_text, _ = texts(body)
     prompt = words(strip(all_text))
+    cached = int(extract(all_text).get("cache_read", 0)) if "[[mock:" in all_text else 0
+    prompt += cached  # Gemini counts cached content inside promptTokenCount
     cand = words(answer) * n
     usage = {"promptTokenCount": prompt, "candidatesTokenCount": cand}
+    if cached:
+        usage["cachedContentTokenCount"] = cached
     thoughts = words(reasoning or "") * n
     if reasoning is not None:
         usage["thoughtsTokenCount"] = thoughts
