@@ -6,6 +6,7 @@ here. Each `async def` awaits its sync twin on the object's own thread pool (DES
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Dict, Iterable, Iterator, List, Optional, Tuple, Union
@@ -55,6 +56,7 @@ class ClientAPI:
     model: Optional[str]
     concurrency_limit: int
     _executor: Optional[ThreadPoolExecutor] = None
+    _executor_pid = 0
     _executor_lock = threading.Lock()
 
     # -- hooks ---------------------------------------------------------------------------------------
@@ -83,12 +85,15 @@ class ClientAPI:
         return chosen
 
     def _pool(self) -> ThreadPoolExecutor:
+        """The thread pool the async twins run on: made on first use, and again in a forked child (the
+        parent's pool has no threads there, yet counts them as idle: work queued on it would never run)."""
         executor = self._executor
-        if executor is None:
+        if executor is None or self._executor_pid != os.getpid():
             with self._executor_lock:
-                if self._executor is None:
+                if self._executor is None or self._executor_pid != os.getpid():
                     self._executor = ThreadPoolExecutor(max_workers=2 * self.concurrency_limit + 4,
                                                         thread_name_prefix="flexllm-async")
+                    self._executor_pid = os.getpid()
                 executor = self._executor
         return executor
 

@@ -240,6 +240,43 @@ def test_client_created_before_fork_works_in_child(server):
     assert c.chat_completions_sync(user("parent again")) == "echo: parent again"
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_async_calls_work_in_a_child_forked_after_the_parent_awaited(server):
+    """gunicorn --preload / celery prefork: a parent that awaited a call has an idle async thread pool; a
+    child must not queue its awaits on the parent's threads, which do not exist in it (it hung for ever)."""
+    import select
+    import signal
+
+    c = client_for(server)
+    assert asyncio.run(c.chat_completions(user("parent"))) == "echo: parent"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            async def main():
+                one = await c.chat_completions(user("child"))
+                pieces = [p async for p in c.chat_completions_stream(user("child stream"))]
+                return one == "echo: child" and "".join(pieces) == "echo: child stream"
+
+            ok = asyncio.run(main())
+            os.write(w, b"1" if ok else b"0")
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        ready, _, _ = select.select([r], [], [], 60)  # bounded: a hung child must not hang the suite
+        answer = os.read(r, 1) if ready else b"hung"
+    finally:
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(r)
+    assert answer == b"1"
+    assert asyncio.run(c.chat_completions(user("parent again"))) == "echo: parent again"
+
+
 def test_api_key_never_in_exception_or_logs(server, caplog):
     caplog.set_level(logging.DEBUG)
     key = "sk-test-SECRET-0123456789"
