@@ -293,6 +293,23 @@ def _print_summary(summary: Dict[str, Any], output: str) -> None:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
+    """`flexllm ask`: stream one answer. Ctrl-C exits 130, SIGTERM 143 with one line (never a traceback),
+    whether it comes while the question is read from stdin or while the answer streams."""
+    from ._cancel import sigterm_as_interrupt
+
+    restore = sigterm_as_interrupt()  # scoped to this command: the previous handler is put back below
+    try:
+        return _ask(args)
+    except KeyboardInterrupt as exc:
+        if exc.args == ("SIGTERM",):  # systemd, `timeout`: one line and the shell's code
+            print("\nflexllm: stopped by SIGTERM", file=sys.stderr)
+            return EXIT_TERMINATED
+        return EXIT_INTERRUPTED
+    finally:
+        restore()
+
+
+def _ask(args: argparse.Namespace) -> int:
     from .errors import LLMError
 
     _setup_logging(quiet=True)
@@ -302,9 +319,6 @@ def cmd_ask(args: argparse.Namespace) -> int:
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
         [{"role": "user", "content": question}]
     client = _client(args)
-    from ._cancel import sigterm_as_interrupt
-
-    restore = sigterm_as_interrupt()  # scoped to this command: the previous handler is put back below
     try:
         for piece in client.chat_completions_stream_sync(messages, **_params(args)):
             sys.stdout.write(piece)
@@ -318,13 +332,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         return EXIT_OK
     except ValueError as exc:  # a parameter this provider does not take (e.g. --thinking minimal for Claude)
         raise UsageError(_flag_named(exc, args)) from None
-    except KeyboardInterrupt as exc:
-        if exc.args == ("SIGTERM",):  # systemd, `timeout`: one line and the shell's code, no traceback
-            print("\nflexllm: stopped by SIGTERM", file=sys.stderr)
-            return EXIT_TERMINATED
-        return EXIT_INTERRUPTED
     finally:
-        restore()
         client.close()
     return EXIT_OK
 

@@ -31,6 +31,42 @@ def test_sigterm_during_ask_exits_143_with_one_line(server):
     assert len(server.requests) == 1  # not retried on the way out
 
 
+def _reading_stdin(pid):
+    """Whether process `pid` is blocked in read(0, …) (Linux /proc: syscall number 0 on x86-64, fd 0)."""
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            fields = f.read().split()
+    except OSError:
+        return False
+    return fields[:2] == ["0", "0x0"]
+
+
+def test_sigterm_while_ask_reads_its_question_from_stdin_exits_143(tmp_path):
+    """The question comes on stdin and never ends (a stuck pipe): SIGTERM there ended it by the signal's
+    default (the handler was installed only once the request was sent)."""
+    import platform
+
+    import pytest
+
+    if platform.machine() != "x86_64" or not os.path.exists(f"/proc/{os.getpid()}/syscall"):
+        pytest.skip("needs Linux x86-64 /proc/<pid>/syscall to see the read on stdin")
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    proc = subprocess.Popen([sys.executable, "-m", "flexllm", "ask", "--model", "m", "--base-url",
+                             "http://127.0.0.1:9/v1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_for(lambda: proc.poll() is not None or _reading_stdin(proc.pid), timeout=60,
+                 what="ask to wait for its question on stdin")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, (proc.returncode, err)
+    assert "Traceback" not in err and "SIGTERM" in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_max_cost_on_stdin_stops_at_an_unpriced_line_naming_it_and_resumes(server, tmp_path):
     """With stdin the lines are not read ahead, so a line whose own model has no price is found when it is
     reached: the run stops there naming `-:line` and the model (exit 2, as the same line in a file), keeps
