@@ -30,6 +30,15 @@ def test_unusable_reply_limits_are_refused_before_sending(server, tmp_path, name
     assert server.requests == [], "a refused limit reached the server"
 
 
+def test_geminis_own_limit_name_is_checked_too(server):
+    gemini = clients(server)[2]
+    with pytest.raises(ValueError, match="maxOutputTokens"):
+        gemini.chat_completions_sync(user("hi"), maxOutputTokens=0)
+    assert server.requests == []
+    assert gemini.chat_completions_sync(user("hi"), maxOutputTokens=5)
+    assert server.requests[0].body["generationConfig"]["maxOutputTokens"] == 5
+
+
 def test_good_reply_limits_still_go_out(server):
     for client in clients(server):
         assert client.chat_completions_sync(user("hi"), max_tokens=7)

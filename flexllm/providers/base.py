@@ -50,7 +50,7 @@ def check_token_limits(params: Mapping[str, Any]) -> None:
     """ValueError naming the parameter unless each reply-length limit given is a whole number >= 1 (None = not
     set). Every adapter's build_request calls it, so 0, a bool or "100" never reaches a server (they answer 400,
     or a proxy an empty reply)."""
-    for name in ("max_tokens", "max_completion_tokens"):
+    for name in ("max_tokens", "max_completion_tokens", "maxOutputTokens"):  # the last: Gemini's own name
         value = params.get(name)
         if value is not None and (value.__class__ is bool or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
