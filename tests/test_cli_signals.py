@@ -9,24 +9,33 @@ import sys
 from .conftest import wait_for
 
 
-def test_sigterm_during_ask_exits_143_with_one_line(server):
+def _env():
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     for name in ("FLEXLLM_BASE_URL", "OPENAI_BASE_URL", "FLEXLLM_API_KEY", "OPENAI_API_KEY", "FLEXLLM_MODEL"):
         env.pop(name, None)
-    proc = subprocess.Popen([sys.executable, "-m", "flexllm", "ask", "[[mock:latency=60]] slow", "--model", "m",
-                             "--base-url", server.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+    return env
+
+
+def _sigterm_ask_when(ready, *argv):
+    """Start `flexllm ask *argv`, send SIGTERM once `ready(proc)` holds (bounded wait); (exit code, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "flexllm", "ask", *argv], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     try:
-        wait_for(lambda: proc.poll() is not None or len(server.requests) >= 1, timeout=60,
-                 what="the question to reach the server")
+        wait_for(lambda: proc.poll() is not None or ready(proc), timeout=60, what="ask to reach the point")
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 143, (proc.returncode, err)
+    return proc.returncode, err
+
+
+def test_sigterm_during_ask_exits_143_with_one_line(server):
+    code, err = _sigterm_ask_when(lambda proc: len(server.requests) >= 1, "[[mock:latency=60]] slow", "--model", "m",
+                                  "--base-url", server.url)
+    assert code == 143, (code, err)
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "SIGTERM" in err, err
     assert len(server.requests) == 1  # not retried on the way out
 
@@ -41,7 +50,7 @@ def _reading_stdin(pid):
     return fields[:2] == ["0", "0x0"]
 
 
-def test_sigterm_while_ask_reads_its_question_from_stdin_exits_143(tmp_path):
+def test_sigterm_while_ask_reads_its_question_from_stdin_exits_143():
     """The question comes on stdin and never ends (a stuck pipe): SIGTERM there ended it by the signal's
     default (the handler was installed only once the request was sent)."""
     import platform
@@ -50,20 +59,9 @@ def test_sigterm_while_ask_reads_its_question_from_stdin_exits_143(tmp_path):
 
     if platform.machine() != "x86_64" or not os.path.exists(f"/proc/{os.getpid()}/syscall"):
         pytest.skip("needs Linux x86-64 /proc/<pid>/syscall to see the read on stdin")
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
-    proc = subprocess.Popen([sys.executable, "-m", "flexllm", "ask", "--model", "m", "--base-url",
-                             "http://127.0.0.1:9/v1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        wait_for(lambda: proc.poll() is not None or _reading_stdin(proc.pid), timeout=60,
-                 what="ask to wait for its question on stdin")
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 143, (proc.returncode, err)
+    code, err = _sigterm_ask_when(lambda proc: _reading_stdin(proc.pid), "--model", "m", "--base-url",
+                                  "http://127.0.0.1:9/v1")
+    assert code == 143, (code, err)
     assert "Traceback" not in err and "SIGTERM" in err and len(err.strip().splitlines()) == 1, err
 
 
@@ -76,7 +74,7 @@ def test_max_cost_on_stdin_stops_at_an_unpriced_line_naming_it_and_resumes(serve
     out = tmp_path / "out.jsonl"
     rows = [{"prompt": f"q{i}"} for i in range(5)] + [{"prompt": "x", "params": {"model": "no-such-priced-model"}}] + \
         [{"prompt": f"r{i}"} for i in range(3)]
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    env = _env()
     argv = [sys.executable, "-m", "flexllm", "batch", "-", "-o", str(out), "--model", "gpt-4o-mini",
             "--base-url", server.url, "--api-key", "k", "--max-cost", "5", "--no-progress"]
     stdin = "".join(json.dumps(r) + "\n" for r in rows)
