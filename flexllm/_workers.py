@@ -8,6 +8,7 @@ per item); a job is a tuple on one queue and its outcome a tuple on another, and
 """
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import weakref
@@ -17,6 +18,8 @@ from typing import Any, Callable, List, Optional, Tuple
 __all__ = ["Workers"]
 
 _STOP = None  # the sentinel a worker exits on
+_GATHER = 64  # outcomes the consumer waits for at most before it wakes (fewer while jobs run low)
+_LINGER = 0.05  # seconds the consumer waits for them at most: the delay an outcome can see before it is taken
 
 
 class Workers:
@@ -31,8 +34,10 @@ class Workers:
                  on_exit: Optional[Callable[[], None]] = None) -> None:
         self.size = max(1, size)
         self._on_exit = on_exit  # called if the interpreter exits while this pool is open (stop the batch)
-        self.outstanding = 0  # submitted and not yet taken from `done`
-        self.done: "queue.SimpleQueue[Tuple[Any, Optional[BaseException]]]" = queue.SimpleQueue()
+        self.outstanding = 0  # submitted and not yet taken
+        self._done: "collections.deque[Tuple[Any, Optional[BaseException]]]" = collections.deque()
+        self._want = 0  # > 0: the consumer sleeps until this many outcomes are ready (a worker rings then)
+        self._bell: "queue.SimpleQueue[bool]" = queue.SimpleQueue()
         self._jobs: "queue.SimpleQueue[Optional[tuple]]" = queue.SimpleQueue()
         self._fn = fn
         self._executor = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix=name, initializer=initializer)
@@ -57,27 +62,65 @@ class Workers:
 
     def take(self) -> Any:
         """The next outcome (blocking; interruptible by Ctrl-C): the job's result, or its exception raised."""
-        result, exc = self.done.get()
+        done = self._done
+        while not done:
+            self._wait()
+        result, exc = done.popleft()
         self.outstanding -= 1
         if exc is not None:
             raise exc
         return result
 
+    def _wait(self) -> None:
+        """Sleep until some outcomes are ready: not one wake-up per outcome, which at concurrency 1,000 made
+        the consumer a thousand context switches a second, but enough of them to refill half the queued jobs
+        (so no worker starves), at most `_GATHER`, and never longer than `_LINGER` while at least one waits."""
+        queued = self._jobs.qsize()
+        pending = self.outstanding - len(self._done)
+        want = min(_GATHER, pending, queued // 2 if queued else _GATHER)
+        self._want = max(1, want)
+        try:
+            while True:
+                if len(self._done) >= self._want:
+                    return  # ready before the bell could be heard (checked after `_want` is set: no lost wake-up)
+                try:
+                    self._bell.get(timeout=_LINGER)
+                except queue.Empty:
+                    if self._done:
+                        return
+                    continue
+                return
+        finally:
+            self._want = 0
+            while True:  # a bell rung twice (two workers saw `_want` together) is not heard twice
+                try:
+                    self._bell.get_nowait()
+                except queue.Empty:
+                    break
+
     def drain(self) -> int:
         """Wait until every outstanding job is done (interruptible); how many had a result (not None).
 
-        Exceptions are dropped: this is for a batch that is stopping. A Ctrl-C landing between `done.get`
-        and the count could leave `outstanding` one too high, so an idle pool with nothing left ends the
-        wait instead of blocking forever.
+        Exceptions are dropped: this is for a batch that is stopping. A Ctrl-C landing between taking an
+        outcome and the count could leave `outstanding` one too high, so an idle pool with nothing left
+        ends the wait instead of blocking forever.
         """
         kept = 0
+        done = self._done
         while self.outstanding > 0:
-            try:
-                result, exc = self.done.get(timeout=1.0)
-            except queue.Empty:
-                if self._jobs.empty() and not any(self._busy) and self.done.empty():
-                    self.outstanding = 0
+            if not done:
+                self._want = 1
+                try:
+                    if not done:
+                        self._bell.get(timeout=1.0)
+                except queue.Empty:
+                    if self._jobs.empty() and not any(self._busy) and not done:
+                        self.outstanding = 0
+                    continue
+                finally:
+                    self._want = 0
                 continue
+            result, exc = done.popleft()
             self.outstanding -= 1
             if exc is None and result is not None:
                 kept += 1
@@ -105,7 +148,7 @@ class Workers:
         self.close(wait=False)
 
     def _loop(self, slot: int) -> None:
-        get, put, fn, busy = self._jobs.get, self.done.put, self._fn, self._busy
+        get, put, fn, busy, done = self._jobs.get, self._done.append, self._fn, self._busy, self._done
         while True:
             job = get()
             if job is _STOP:
@@ -117,6 +160,10 @@ class Workers:
                 outcome = (None, exc)
             busy[slot] = False
             put(outcome)
+            want = self._want
+            if want and len(done) >= want:  # the consumer sleeps until this many are ready: ring once
+                self._want = 0
+                self._bell.put(True)
             del job, outcome
 
 

@@ -1,0 +1,82 @@
+"""The batch engine's worker pool (flexllm._workers): outcomes are handed to the consumer in groups
+(not one wake-up each), and none is lost, duplicated or held back, whatever the jobs do."""
+import threading
+import time
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flexllm._workers import Workers
+
+
+def run(jobs, size, window):
+    """Submit `jobs` (seconds to work, or an exception to raise) through a window; every outcome taken."""
+    def fn(i, how):
+        if isinstance(how, Exception):
+            raise how
+        if how:
+            time.sleep(how)  # the work itself (a request's wait), not a wait for a condition
+        return i
+
+    pool = Workers(size, fn, name="test-workers")
+    got, errors = [], []
+    try:
+        for i, how in enumerate(jobs):
+            while pool.outstanding >= window:
+                try:
+                    got.append(pool.take())
+                except ValueError as exc:
+                    errors.append(exc.args[0])
+            pool.submit(i, how if not isinstance(how, Exception) else ValueError(i))
+        while pool.outstanding:
+            try:
+                got.append(pool.take())
+            except ValueError as exc:
+                errors.append(exc.args[0])
+    finally:
+        pool.close()
+    return got, errors
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.just(0.0), st.sampled_from([0.0005, 0.002]), st.just(ValueError())), max_size=120),
+       st.integers(1, 12), st.integers(1, 30))
+def test_every_outcome_is_taken_exactly_once(jobs, size, window):
+    got, errors = run(jobs, size, window)
+    failing = {i for i, how in enumerate(jobs) if isinstance(how, Exception)}
+    assert sorted(got) == sorted(set(range(len(jobs))) - failing)
+    assert sorted(errors) == sorted(failing)
+
+
+def test_drain_waits_for_every_job_and_counts_results():
+    started = threading.Barrier(5)
+
+    def fn(i):
+        if i < 4:
+            started.wait(30)  # four jobs are running when drain begins
+        return None if i % 2 else i
+
+    pool = Workers(4, fn, name="test-drain")
+    for i in range(10):
+        pool.submit(i)
+    try:
+        started.wait(30)
+        assert pool.drain() == 5  # results 0, 2, 4, 6, 8 (None is "nothing to keep")
+        assert pool.outstanding == 0
+    finally:
+        pool.close()
+
+
+def test_a_slow_trickle_is_handed_over_without_waiting_for_a_group():
+    # one outcome at a time with nothing else running: the consumer gets each one (bounded linger)
+    gate = threading.Semaphore(0)
+    pool = Workers(3, lambda i: (gate.acquire(timeout=30), i)[1], name="test-trickle")
+    try:
+        for i in range(3):
+            pool.submit(i)
+        for _ in range(3):
+            gate.release()
+            assert pool.take() in range(3)
+        assert pool.outstanding == 0
+    finally:
+        pool.close()
