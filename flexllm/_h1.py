@@ -21,7 +21,7 @@ import struct
 import sys
 import time
 import zlib
-from typing import Deque, List, Mapping, Optional, Set, Tuple
+from typing import Callable, Deque, List, Mapping, Optional, Set, Tuple
 
 import httpx
 
@@ -104,8 +104,11 @@ class Origin:
         keep = False
         try:
             try:
-                self._set_deadline(sock, deadline, write=True)
-                sock.sendall(request.payload)
+                payload = request.payload
+                sent = _send_holding_gil(sock, payload) if self._ssl is None else 0
+                if sent < len(payload):
+                    self._set_deadline(sock, deadline, write=True)
+                    sock.sendall(memoryview(payload)[sent:] if sent else payload)
             except (socket.timeout, BlockingIOError):
                 raise httpx.WriteTimeout("timed out while sending the request") from None
             except OSError as exc:
@@ -333,6 +336,42 @@ def _decode(body: bytes, encoding: str) -> bytes:
                     pass
             raise httpx.DecodingError(f"reply body could not be decoded as {name}") from None
     return body
+
+
+def _libc_send() -> Optional[Callable[..., int]]:
+    """libc's send(2) called without releasing the GIL (ctypes.PyDLL), Linux only; None elsewhere."""
+    if not _LINUX:
+        return None
+    try:
+        import ctypes
+
+        send = ctypes.PyDLL(None, use_errno=True).send
+        send.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int)
+        send.restype = ctypes.c_ssize_t
+        return send
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+_SEND = _libc_send()
+_FIRST_SEND = 1 << 16  # bytes the GIL-holding send may write: a request, not a 9 MB prompt
+_SEND_FLAGS = getattr(socket, "MSG_DONTWAIT", 0x40) | getattr(socket, "MSG_NOSIGNAL", 0x4000)
+
+
+def _send_holding_gil(sock: socket.socket, payload: bytes) -> int:
+    """Bytes of `payload` written at once by one non-blocking send(2) that keeps the GIL (0 if none).
+
+    A request fits in the socket's send buffer nearly always, so the write never waits; keeping the GIL
+    across it saves the hand-off Python's own `send` makes (release, then win the GIL back behind every
+    other woken thread), one of the two per request at 1,000 in flight. Anything unusual (buffer full,
+    an error) returns what was written and the caller's `sendall` does the rest or raises as usual."""
+    if _SEND is None:
+        return 0
+    try:
+        sent = _SEND(sock.fileno(), payload, min(len(payload), _FIRST_SEND), _SEND_FLAGS)
+    except Exception:  # ctypes.ArgumentError (a payload that is not bytes): the usual way
+        return 0
+    return sent if sent > 0 else 0
 
 
 def _alive(sock: socket.socket) -> bool:

@@ -173,6 +173,23 @@ def test_request_is_one_well_formed_http11_message():
     server.close()
 
 
+def test_a_request_larger_than_the_send_buffer_arrives_whole():
+    # the first write is one non-blocking send(2) that keeps the GIL; what does not fit in the socket
+    # buffer (a big prompt: 9 MB is over any default buffer) must still go out whole, through sendall
+    def handler(conn, server):
+        head, body, _ = read_request(conn)
+        server.requests.append((head, body))
+        conn.sendall(ok(reply_json("big")))
+
+    server = RawServer(handler)
+    c = client(server, timeout=60)
+    text = "".join(chr(0x4e00 + i % 2000) for i in range(3_000_000))  # ~9 MB of UTF-8
+    assert c.chat_completions_sync(user(text)) == "big"
+    head, body = server.requests[0]
+    assert json.loads(body)["messages"][0]["content"] == text
+    server.close()
+
+
 def test_connection_closed_by_server_while_idle_is_not_reused():
     closed = threading.Event()
 
