@@ -29,7 +29,59 @@ def _p(inp: float, out: float) -> Dict[str, float]:
     return {"input": inp / 1e6, "output": out / 1e6}
 
 
-MODEL_PRICING: Dict[str, Dict[str, float]] = {
+class _PriceTable(dict):
+    """MODEL_PRICING: a plain dict to its users, which counts changes to its names, so the name a model is
+    priced as (a scan of every name, once per request) can be remembered until the table changes."""
+
+    version = 0
+
+    def _changed(self) -> None:
+        self.version += 1
+        _KEY_MEMO.clear()
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if key not in self:
+            self._changed()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        super().__delitem__(key)
+        self._changed()
+
+    def __ior__(self, other: Any) -> "_PriceTable":
+        self.update(other)
+        return self
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().update(*args, **kwargs)
+        self._changed()
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        if key not in self:
+            self._changed()
+        return super().setdefault(key, default)
+
+    def pop(self, *args: Any) -> Any:  # type: ignore[override]
+        value = super().pop(*args)
+        self._changed()
+        return value
+
+    def popitem(self) -> Any:
+        item = super().popitem()
+        self._changed()
+        return item
+
+    def clear(self) -> None:
+        super().clear()
+        self._changed()
+
+    def __reduce__(self) -> Any:  # a copy or pickle is a plain dict
+        return dict, (dict(self),)
+
+
+_KEY_MEMO: Dict[str, Optional[str]] = {}  # model name as given -> its MODEL_PRICING name (None: unknown)
+
+MODEL_PRICING: Dict[str, Dict[str, float]] = _PriceTable({
     # OpenAI
     "gpt-4o": _p(2.5, 10), "gpt-4o-mini": _p(0.15, 0.60), "chatgpt-4o-latest": _p(5, 15),
     "gpt-4": _p(30, 60), "gpt-4-32k": _p(60, 120), "gpt-4-turbo": _p(10, 30),
@@ -53,7 +105,7 @@ MODEL_PRICING: Dict[str, Dict[str, float]] = {
     # Qwen (DashScope international)
     "qwen-max": _p(2, 6), "qwen-plus": _p(0.4, 1.2), "qwen-turbo": _p(0.05, 0.2), "qwen-flash": _p(0.05, 0.4),
     "qwen3-max": _p(1.2, 6),
-}
+})
 
 #: Anthropic's prompt-cache prices, as multiples of the input price: 5-minute cache writes, 1-hour cache
 #: writes (`usage.cache_creation.ephemeral_1h_input_tokens`), reads
@@ -99,7 +151,20 @@ def _normalise(model: str) -> str:
 
 def _price_key(model: str) -> Optional[str]:
     """The MODEL_PRICING key `model` is priced as: exact name, else the longest known name followed by a
-    snapshot suffix; None when unknown."""
+    snapshot suffix; None when unknown. Remembered per name (every request is priced) until the table's
+    names change; a table rebound to a plain dict is never remembered."""
+    memo = _KEY_MEMO
+    if isinstance(model, str) and model in memo and type(MODEL_PRICING) is _PriceTable:
+        return memo[model]
+    found = _find_key(model)
+    if isinstance(model, str) and type(MODEL_PRICING) is _PriceTable:
+        if len(memo) >= 4096:  # many distinct names (per-line models): bounded, never grows with the input
+            memo.clear()
+        memo[model] = found
+    return found
+
+
+def _find_key(model: str) -> Optional[str]:
     name = _normalise(model)
     table = MODEL_PRICING
     if name in table:
