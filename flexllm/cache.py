@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from . import _process
 from ._hashing import _C_ENCODE, canonical_json, strip_inline_media
 from ._logging import get_logger
 from ._sqlite import switch_to_wal
@@ -153,12 +154,12 @@ class ResponseCache:
         except Exception:
             db.close(force=True)
             raise
-        self._db, self._pid = db, os.getpid()
+        self._db, self._pid = db, _process.current()
 
     def _handle(self) -> Any:
-        if self._db is None or self._pid != os.getpid():  # closed, or forked: no connection thread here
+        if self._db is None or self._pid != _process.current():  # closed, or forked: no connection thread here
             with self._lock:
-                if self._db is None or self._pid != os.getpid():
+                if self._db is None or self._pid != _process.current():
                     self._open()
         return self._db
 
@@ -170,9 +171,9 @@ class ResponseCache:
         """
         local = self._local
         conn = getattr(local, "conn", None)
-        if conn is None or getattr(local, "pid", None) != os.getpid():
+        if conn is None or getattr(local, "pid", None) != _process.current():
             conn = local.conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000)
-            local.pid = os.getpid()
+            local.pid = _process.current()
         return conn
 
     def _fail(self, what: str, exc: BaseException) -> None:
@@ -243,7 +244,7 @@ class ResponseCache:
         """Flush pending writes and close (only a connection this process opened)."""
         with self._lock:
             db, self._db = self._db, None
-            if db is not None and self._pid == os.getpid():
+            if db is not None and self._pid == _process.current():
                 try:
                     db.close()
                 except Exception as exc:
