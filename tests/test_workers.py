@@ -1,12 +1,17 @@
 """The batch engine's worker pool (flexllm._workers): outcomes are handed to the consumer in groups
 (not one wake-up each), and none is lost, duplicated or held back, whatever the jobs do."""
+import os
 import threading
 import time
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flexllm import OpenAIClient
 from flexllm._workers import Workers
+
+from .conftest import user
 
 
 def run(jobs, size, window):
@@ -80,3 +85,19 @@ def test_a_slow_trickle_is_handed_over_without_waiting_for_a_group():
         assert pool.outstanding == 0
     finally:
         pool.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+def test_only_the_worker_threads_are_marked_batch_work(server):
+    # SCHED_BATCH (no wake-up preemption) is set per worker thread; the host's threads keep their policy
+    before = os.sched_getscheduler(0)
+    pool = Workers(2, lambda: os.sched_getscheduler(0), name="test-policy")
+    try:
+        pool.submit()
+        assert pool.take() == os.SCHED_BATCH
+    finally:
+        pool.close()
+    c = OpenAIClient(base_url=server.url, model="m", concurrency_limit=4)
+    assert c.chat_completions_batch_sync([user(f"q{i}") for i in range(8)], show_progress=False)[0] == "echo: q0"
+    assert os.sched_getscheduler(0) == before == os.SCHED_OTHER
+    c.close()
