@@ -173,9 +173,16 @@ def test_request_is_one_well_formed_http11_message():
     server.close()
 
 
-def test_a_request_larger_than_the_send_buffer_arrives_whole():
+@pytest.mark.parametrize("gil_holding_send", [True, False])
+def test_a_request_larger_than_the_send_buffer_arrives_whole(gil_holding_send, monkeypatch):
     # the first write is one non-blocking send(2) that keeps the GIL; what does not fit in the socket
-    # buffer (a big prompt: 9 MB is over any default buffer) must still go out whole, through sendall
+    # buffer (a big prompt: 9 MB is over any default buffer) must still go out whole, through sendall;
+    # without that send (no ctypes, not Linux) sendall does it all
+    from flexllm import _h1
+
+    if not gil_holding_send:
+        monkeypatch.setattr(_h1, "_SEND", None)
+
     def handler(conn, server):
         head, body, _ = read_request(conn)
         server.requests.append((head, body))
