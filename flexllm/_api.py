@@ -6,11 +6,11 @@ here. Each `async def` awaits its sync twin on the object's own thread pool (DES
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
-from . import _process
 from ._aio import aiter_in_thread, run_in_thread, run_stoppable
 from ._logging import get_logger
 from ._items import BATCH_OPTIONS
@@ -88,12 +88,12 @@ class ClientAPI:
         """The thread pool the async twins run on: made on first use, and again in a forked child (the
         parent's pool has no threads there, yet counts them as idle: work queued on it would never run)."""
         executor = self._executor
-        if executor is None or self._executor_pid != _process.current():
+        if executor is None or self._executor_pid != os.getpid():
             with self._executor_lock:
-                if self._executor is None or self._executor_pid != _process.current():
+                if self._executor is None or self._executor_pid != os.getpid():
                     self._executor = ThreadPoolExecutor(max_workers=2 * self.concurrency_limit + 4,
                                                         thread_name_prefix="flexllm-async")
-                    self._executor_pid = _process.current()
+                    self._executor_pid = os.getpid()
                 executor = self._executor
         return executor
 

@@ -9,11 +9,11 @@ in-flight count, on top of it.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from . import _process
 from ._constants import MAX_RETRY_AFTER, QPS_SAFETY_MARGIN, SHARED_QPS_SAFETY_MARGIN
 from ._logging import get_logger
 from ._ratelimit_headers import parse_duration as parse_duration  # importable from here, as before the split
@@ -102,7 +102,7 @@ class Limiter:
         self._min_interval = min((cost for _d, cost, _t in dims), default=0.0)
         self._clock = clock
         self._turn_lock = threading.Lock()
-        self._pid = _process.current()
+        self._pid = os.getpid()
         self._last_start = float("-inf")
         #: seconds of budget one token costs (0.0 = tokens are not limited)
         self.token_cost = 60.0 * (1.0 + margin) / limit.max_tpm if limit.max_tpm else 0.0
@@ -174,8 +174,8 @@ class Limiter:
         hosts; in process it is a lock. Returns the extra seconds waited."""
         if self._shared:
             return self._shared_turn(sleep)
-        if self._pid != _process.current():  # forked (gunicorn): a lock held by a parent's thread stays held here
-            self._turn_lock, self._pid, self._last_start = threading.Lock(), _process.current(), float("-inf")
+        if self._pid != os.getpid():  # forked (gunicorn): a lock held by a parent's thread stays held here
+            self._turn_lock, self._pid, self._last_start = threading.Lock(), os.getpid(), float("-inf")
         with self._turn_lock:
             now = self._clock()
             extra = self._last_start + self._min_interval - now

@@ -16,7 +16,6 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from . import _process
 from ._hashing import _C_ENCODE, canonical_json, strip_inline_media
 from ._logging import get_logger
 from ._sqlite import switch_to_wal
@@ -154,12 +153,12 @@ class ResponseCache:
         except Exception:
             db.close(force=True)
             raise
-        self._db, self._pid = db, _process.current()
+        self._db, self._pid = db, os.getpid()
 
     def _handle(self) -> Any:
-        if self._db is None or self._pid != _process.current():  # closed, or forked: no connection thread here
+        if self._db is None or self._pid != os.getpid():  # closed, or forked: no connection thread here
             with self._lock:
-                if self._db is None or self._pid != _process.current():
+                if self._db is None or self._pid != os.getpid():
                     self._open()
         return self._db
 
@@ -171,9 +170,9 @@ class ResponseCache:
         """
         local = self._local
         conn = getattr(local, "conn", None)
-        if conn is None or getattr(local, "pid", None) != _process.current():
+        if conn is None or getattr(local, "pid", None) != os.getpid():
             conn = local.conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000)
-            local.pid = _process.current()
+            local.pid = os.getpid()
         return conn
 
     def _fail(self, what: str, exc: BaseException) -> None:
@@ -244,7 +243,7 @@ class ResponseCache:
         """Flush pending writes and close (only a connection this process opened)."""
         with self._lock:
             db, self._db = self._db, None
-            if db is not None and self._pid == _process.current():
+            if db is not None and self._pid == os.getpid():
                 try:
                     db.close()
                 except Exception as exc:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from . import _cancel, _h1, _process
+from . import _cancel, _h1
 from ._constants import DEFAULT_CONNECT_TIMEOUT
 from ._logging import get_logger, redact_secrets
 from ._netconfig import TransportOptions, proxy_of
@@ -166,7 +166,7 @@ class Transport:
         self._lock = threading.Lock()
         self._nshards = 1 if client_factory else max(1, -(-max_connections // self.SHARD_CONNECTIONS))
         self._clients: List[Optional[httpx.Client]] = [None] * self._nshards
-        self._pid = _process.current()
+        self._pid = os.getpid()
         self._local = threading.local()
         self._next_shard = itertools.count()
         self._sockets: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()  # every socket we opened, for abort()
@@ -184,15 +184,15 @@ class Transport:
         if shard is None:
             shard = local.shard = next(self._next_shard) % self._nshards
         client = self._clients[shard]
-        if client is not None and self._pid == _process.current():
+        if client is not None and self._pid == os.getpid():
             return client
         with self._lock:
-            if self._pid != _process.current():
+            if self._pid != os.getpid():
                 # after fork the parent's sockets are shared: never reuse them, never close them here
                 self._clients = [None] * self._nshards
                 self._sockets = weakref.WeakSet()
                 self._origins, self._targets = {}, {}
-                self._pid = _process.current()
+                self._pid = os.getpid()
             client = self._clients[shard]
             if client is None:
                 client = self._clients[shard] = self._new_client()
@@ -251,7 +251,7 @@ class Transport:
 
     def _origin(self, url: str) -> Optional[Tuple[_h1.Origin, str]]:
         """The lean path's origin and request target for a URL, or None where httpx must handle it."""
-        if self._pid != _process.current():
+        if self._pid != os.getpid():
             self._get_client()  # resets the httpx shards and the origins after fork
         try:
             return self._targets[url]
@@ -356,8 +356,8 @@ class Transport:
     def abort(self) -> None:
         """Fail every request in flight at once (shut their sockets down), then close the pool."""
         with self._lock:
-            sockets, self._sockets = list(self._sockets) if self._pid == _process.current() else [], weakref.WeakSet()
-            origins = list(self._origins.values()) if self._pid == _process.current() else []
+            sockets, self._sockets = list(self._sockets) if self._pid == os.getpid() else [], weakref.WeakSet()
+            origins = list(self._origins.values()) if self._pid == os.getpid() else []
         for origin in origins:
             origin.abort()
         for sock in sockets:
@@ -372,7 +372,7 @@ class Transport:
         with self._lock:
             clients, self._clients = self._clients, [None] * self._nshards
             origins, self._origins, self._targets = self._origins, {}, {}
-            if self._pid == _process.current():
+            if self._pid == os.getpid():
                 for client in clients:
                     if client is not None:
                         client.close()
