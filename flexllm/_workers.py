@@ -13,7 +13,8 @@ import os
 import queue
 import threading
 import weakref
-from concurrent.futures import Future, ThreadPoolExecutor
+import concurrent.futures.thread
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, List, Optional, Tuple
 
 __all__ = ["Workers"]
@@ -42,7 +43,8 @@ class Workers:
         self._jobs: "queue.SimpleQueue[Optional[tuple]]" = queue.SimpleQueue()
         self._fn = fn
         self._executor = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix=name, initializer=initializer)
-        self._loops: List[Future] = []  # one per thread, each running `_loop` until the batch ends
+        self._name, self._initializer = name, initializer
+        self._loops: List[Any] = []  # one Future (or Thread, see _start) per thread, each running `_loop`
         self._busy: List[bool] = []  # per thread: running a job now (one list store per job, no lock)
         self._closed = False
         self._owner = threading.current_thread()  # the thread that submits and takes
@@ -53,8 +55,26 @@ class Workers:
         self.outstanding += 1
         if len(self._loops) < min(self.size, self.outstanding):
             self._busy.append(False)
-            self._loops.append(self._executor.submit(self._loop, len(self._loops)))
+            self._loops.append(self._start(len(self._loops)))
         self._jobs.put(job)
+
+    def _start(self, slot: int) -> Any:
+        """One more thread running `_loop`: the executor's; or, once the main thread has returned (the
+        executor then refuses any work, so that exit does not wait on idle pools), a thread of our own —
+        the batch's own non-daemon thread is still running and the interpreter waits for both."""
+        try:
+            return self._executor.submit(self._loop, slot)
+        except RuntimeError:
+            if not getattr(concurrent.futures.thread, "_shutdown", False):
+                raise
+        def run() -> None:
+            if self._initializer is not None:
+                self._initializer()
+            self._loop(slot)
+
+        thread = threading.Thread(target=run, name=f"{self._name}_{slot}")
+        thread.start()
+        return thread
 
     @property
     def running(self) -> int:
@@ -135,6 +155,10 @@ class Workers:
             for _ in self._loops:
                 self._jobs.put(_STOP)
         self._executor.shutdown(wait=wait)
+        if wait:
+            for loop in self._loops:
+                if isinstance(loop, threading.Thread) and loop is not threading.current_thread():
+                    loop.join()
 
     def _exiting(self) -> None:
         """The interpreter is exiting with this pool open (a batch iterator left unfinished): queued jobs

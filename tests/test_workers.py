@@ -101,3 +101,35 @@ def test_only_the_worker_threads_are_marked_batch_work(server):
     assert c.chat_completions_batch_sync([user(f"q{i}") for i in range(8)], show_progress=False)[0] == "echo: q0"
     assert os.sched_getscheduler(0) == before == os.SCHED_OTHER
     c.close()
+
+
+AFTER_MAIN = """
+import sys, threading, time
+from flexllm import OpenAIClient
+
+def job():
+    for _ in range(3000):  # until the main thread has returned (bounded: 30 s)
+        if not threading.main_thread().is_alive():
+            break
+        time.sleep(0.01)
+    c = OpenAIClient(base_url=sys.argv[1], model="m", concurrency_limit=4)
+    out = c.chat_completions_batch_sync([[{"role": "user", "content": f"q{i}"}] for i in range(12)],
+                                        show_progress=False, output_file=sys.argv[2])
+    print("RESULTS", sum(1 for r in out if r), flush=True)
+
+threading.Thread(target=job).start()  # not a daemon: the interpreter waits for it after main returns
+"""
+
+
+def test_a_batch_started_by_a_thread_after_the_main_thread_returned_completes(server, tmp_path):
+    # concurrent.futures refuses new work once the main thread has returned ("cannot schedule new
+    # futures after interpreter shutdown"); a batch run by a live non-daemon thread then must still run
+    import subprocess
+    import sys
+
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.run([sys.executable, "-c", AFTER_MAIN, server.url, str(out)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "RESULTS 12" in proc.stdout
+    assert len(out.read_text().splitlines()) == 12
