@@ -9,15 +9,16 @@ per item); a job is a tuple on one queue and its outcome a tuple on another, and
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import queue
 import threading
 import weakref
 import concurrent.futures.thread
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
-__all__ = ["Workers"]
+__all__ = ["Workers", "default_policy"]
 
 _STOP = None  # the sentinel a worker exits on
 _GATHER = 64  # outcomes the consumer waits for at most before it wakes (fewer while jobs run low)
@@ -191,6 +192,25 @@ class Workers:
                 self._want = 0
                 self._bell.put(True)
             del job, outcome
+
+
+@contextlib.contextmanager
+def default_policy() -> Iterator[None]:
+    """The calling thread under the default policy meanwhile: a thread it starts (sqlitedict's writer, opened
+    by the first cache write, which may come from a batch worker) must not inherit SCHED_BATCH and keep it
+    after the batch."""
+    batch = getattr(os, "SCHED_BATCH", None)
+    if batch is None or os.sched_getscheduler(0) != batch:
+        yield
+        return
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    try:
+        yield
+    finally:
+        try:
+            os.sched_setscheduler(0, batch, os.sched_param(0))
+        except OSError:
+            pass
 
 
 def _as_batch_work() -> None:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 from ._hashing import _C_ENCODE, canonical_json, strip_inline_media
 from ._logging import get_logger
 from ._sqlite import switch_to_wal
+from ._workers import default_policy
 from .config import ResponseCacheConfig
 
 __all__ = ["CACHE_FILENAME", "ResponseCache", "cache_key", "cache_keys", "keys_of"]
@@ -139,9 +140,9 @@ class ResponseCache:
             switch_to_wal(probe, _BUSY_TIMEOUT_MS / 1000)  # then sqlitedict's own pragma is a no-op
         finally:
             probe.close()
-        db = SqliteDict(self.path, tablename=_TABLE, autocommit=True, outer_stack=False,
-                        journal_mode="WAL",
-                        encode=_encode, decode=json.loads)
+        with default_policy():  # its writer thread must not inherit a batch worker's SCHED_BATCH
+            db = SqliteDict(self.path, tablename=_TABLE, autocommit=True, outer_stack=False,
+                            journal_mode="WAL", encode=_encode, decode=json.loads)
         # sqlitedict's worker logs ~18 ERROR lines per failed statement: ours keeps them at DEBUG (one warning
         # from _fail says it all); only this handle's logger is swapped, no logging config is touched
         db.conn.log = _QUIET

@@ -133,3 +133,37 @@ def test_a_batch_started_by_a_thread_after_the_main_thread_returned_completes(se
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "RESULTS 12" in proc.stdout
     assert len(out.read_text().splitlines()) == 12
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+def test_a_thread_started_by_a_worker_under_default_policy_does_not_keep_the_batch_policy():
+    # a thread inherits its creator's policy: one a worker starts that outlives the batch (the cache's
+    # writer, when a worker is first to open the cache) is started under default_policy()
+    from flexllm._workers import default_policy
+
+    def start(guarded):
+        seen = []
+        ready = threading.Event()
+
+        def probe():
+            seen.append(os.sched_getscheduler(0))
+            ready.set()
+
+        if guarded:
+            with default_policy():
+                threading.Thread(target=probe).start()
+            after = os.sched_getscheduler(0)
+        else:
+            threading.Thread(target=probe).start()
+            after = os.sched_getscheduler(0)
+        assert ready.wait(30)
+        return seen[0], after
+
+    pool = Workers(1, start, name="test-inherit")
+    try:
+        pool.submit(False)
+        assert pool.take() == (os.SCHED_BATCH, os.SCHED_BATCH)  # the hazard: inherited
+        pool.submit(True)
+        assert pool.take() == (os.SCHED_OTHER, os.SCHED_BATCH)  # guarded; the worker keeps its own policy
+    finally:
+        pool.close()
