@@ -4,8 +4,8 @@ Why it exists: with blocking I/O in a thread pool every blocking call releases t
 back. At 1,000 requests in flight, replies arrive in bursts and each re-acquisition waits behind every
 other woken thread (a GIL convoy); httpx + httpcore + h11 make ~10 blocking calls (send per header
 block and body, a readiness poll per reuse, a poll before each timed read) and ~1,800 Python calls per
-request. This path makes one `sendall` and, for a reply that fits in one segment, one `recv`, in about
-a tenth of the Python calls. `http.Transport` uses it for non-streaming requests when nothing needs
+request. This path makes one `send` (keeping the GIL: see `_send_holding_gil`) and, for a reply that fits
+in one segment, one `recv` (the only GIL release of a request), in about a tenth of the Python calls. `http.Transport` uses it for non-streaming requests when nothing needs
 httpx's extras (proxies from the environment, custom clients, odd URLs) and httpx for everything else.
 
 It raises httpx's exception types, so errors are mapped in one place (`http._mapped`), and sends the
