@@ -14,7 +14,7 @@ from ._items import ItemParams
 from ._logging import get_logger
 from ._messages import check_messages
 from ._pipeline import result_from_hit
-from ._record import to_item
+from ._record import same_json, to_item
 from .structured import response_schema
 from .types import BatchResultItem, ChatCompletionResult, reply_text
 
@@ -58,7 +58,7 @@ class Intake:
             if checkpoint is not None:
                 record = checkpoint.resume(index, messages, self.items.plain(own))
                 if record is not None:
-                    if meta is not None and "metadata" in record and record["metadata"] != meta:
+                    if meta is not None and "metadata" in record and not same_json(record["metadata"], meta):
                         self._differs_at(index)
                     finished.append((self.resumed(record, meta, own), messages))
                     continue

@@ -15,7 +15,8 @@ from typing import Any, Dict, Optional, Tuple
 
 from .types import BatchResultItem
 
-__all__ = ["DONE_STATUSES", "FIELDS", "STATUSES", "decode", "encode", "is_record", "to_item", "torn_tail_is_ours"]
+__all__ = ["DONE_STATUSES", "FIELDS", "STATUSES", "decode", "dumps", "encode", "is_record", "same_json", "to_item",
+           "torn_tail_is_ours"]
 
 STATUSES = frozenset({"success", "cached", "error"})
 #: statuses whose item is finished: a rerun does not ask again
@@ -58,19 +59,50 @@ def encode(item: BatchResultItem, messages: Any) -> bytes:
 
 
 def dumps(record: Dict[str, Any]) -> bytes:
-    """A record as one line of UTF-8 JSON; a lone surrogate (not valid Unicode) is kept as a `\\udXXX` escape."""
+    """A record as one line of UTF-8 JSON; a lone surrogate (not valid Unicode) is kept as a `\\udXXX` escape.
+
+    NaN and infinities (pandas' missing values in metadata) are not JSON: they are written as null."""
     try:
-        text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=_plain)
-        return (text + "\n").encode("utf-8")
+        return _line(record, False)
     except UnicodeEncodeError:
-        return (json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=_plain) + "\n").encode("ascii")
+        return _line(record, True)
+
+
+def _line(record: Dict[str, Any], escape: bool) -> bytes:
+    try:
+        text = json.dumps(record, ensure_ascii=escape, separators=(",", ":"), default=_plain, allow_nan=False)
+    except ValueError as exc:
+        if "Out of range float" not in str(exc):
+            raise
+        text = json.dumps(_finite(record), ensure_ascii=escape, separators=(",", ":"),
+                          default=lambda value: _finite(_plain(value)))
+    return (text + "\n").encode("ascii" if escape else "utf-8")
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every NaN / infinity (in dicts, lists and tuples) replaced by None."""
+    if isinstance(value, float):
+        return value if value - value == 0.0 else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def same_json(stored: Any, given: Any) -> bool:
+    """True when `given` is written as `stored` (NaN as null, tuples as lists, other objects as their text)."""
+    return stored == given or stored == json.loads(dumps({"v": given}))["v"]
 
 
 def _plain(value: Any) -> Any:
-    """JSON for what json cannot write itself: a parsed Pydantic model as its data, anything else as text."""
+    """JSON for what json cannot write itself: a parsed Pydantic model as its data, numpy values as
+    numbers and lists, anything else as text."""
     dump = getattr(value, "model_dump", None)
     if callable(dump) and not isinstance(value, type):
         return dump(mode="json")
+    if hasattr(value, "dtype") and callable(getattr(value, "tolist", None)):
+        return value.tolist()  # numpy.int64(5) -> 5, an array -> a list (not their text)
     return str(value)
 
 

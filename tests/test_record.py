@@ -34,3 +34,36 @@ def test_what_counts_as_ours():
     assert torn_tail_is_ours(b'{"index":12,"status":"succ') and torn_tail_is_ours(b'{"ind')
     assert torn_tail_is_ours(b'{"index": 5, "st') and torn_tail_is_ours(b"")
     assert not torn_tail_is_ours(b'{"prompt": "hello"}')
+
+
+def _strict(raw):
+    """Parse like every JSON reader but Python's: NaN and Infinity are not JSON."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(raw, parse_constant=refuse)
+
+
+def test_metadata_with_nan_is_written_as_json_and_resumes_without_a_warning(server, tmp_path, caplog):
+    """pandas' missing values are float NaN: `metadata_list=df.to_dict("records")` must still give JSON Lines
+    that jq, JavaScript or a database loader read, and rerunning the same call must not claim the metadata
+    changed."""
+    import logging
+
+    from flexllm import LLMClient
+
+    out = tmp_path / "out.jsonl"
+    messages = [[{"role": "user", "content": f"q{i}"}] for i in range(3)]
+    metadata = [{"id": 0, "score": float("nan")}, {"id": 1, "score": float("inf"), "tags": [float("-inf"), 1.5]},
+                {"id": 2, "score": 0.5}]
+    client = LLMClient(model="m", base_url=server.url)
+    assert client.chat_completions_batch_sync(messages, output_file=str(out), metadata_list=metadata,
+                                              show_progress=False) == ["echo: q0", "echo: q1", "echo: q2"]
+    records = {r["index"]: r for r in (_strict(line) for line in out.read_bytes().splitlines())}
+    assert records[0]["metadata"] == {"id": 0, "score": None}
+    assert records[1]["metadata"] == {"id": 1, "score": None, "tags": [None, 1.5]}
+    assert records[2]["metadata"] == {"id": 2, "score": 0.5}
+    caplog.set_level(logging.WARNING, logger="flexllm")
+    _, summary = client.chat_completions_batch_sync(messages, output_file=str(out), metadata_list=metadata,
+                                                    show_progress=False, return_summary=True)
+    assert summary["resumed"] == 3 and len(server.requests) == 3
+    assert not [r for r in caplog.records if "metadata" in r.getMessage()]
