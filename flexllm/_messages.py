@@ -27,7 +27,13 @@ def find_lone_surrogate(obj: Any) -> str:
     """
     if isinstance(obj, str):
         m = _SURROGATE.search(obj)
-        return f"a lone surrogate \\u{ord(m.group()):04x} at position {m.start()}" if m else ""
+        if not m:
+            return ""
+        code = ord(m.group())
+        if 0xDC80 <= code <= 0xDCFF:  # how Python reads a byte that is not UTF-8 (errors="surrogateescape")
+            return (f"a lone surrogate \\u{code:04x} at position {m.start()} (the byte 0x{code - 0xDC00:02x}, not "
+                    "UTF-8: save the input as UTF-8)")
+        return f"a lone surrogate \\u{code:04x} at position {m.start()}"
     if isinstance(obj, dict):
         obj = list(obj.keys()) + list(obj.values())
     if isinstance(obj, (list, tuple)):

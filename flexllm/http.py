@@ -23,6 +23,7 @@ import httpx
 from . import _cancel, _h1
 from ._constants import DEFAULT_CONNECT_TIMEOUT
 from ._logging import get_logger, redact_secrets
+from ._messages import find_lone_surrogate
 from ._netconfig import TransportOptions, proxy_of
 from .errors import APIConnectionError, APITimeoutError, LLMError
 from .providers.base import RequestSpec
@@ -36,6 +37,9 @@ def dumps(body: Any) -> bytes:
     """Compact UTF-8 JSON for a request body; ValueError (never sent, never retried) when it is not JSON."""
     try:
         return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:  # named in the text it is in, not by its offset in the body
+        raise ValueError(f"the request holds {find_lone_surrogate(body) or 'a lone surrogate'}, which is not "
+                         "valid Unicode and cannot be sent; fix the input") from None
     except (TypeError, ValueError) as exc:  # a set, a date, NaN/inf: the caller's parameter, not the network
         raise ValueError(f"the request body cannot be sent as JSON ({exc}); pass plain JSON values "
                          "(str, int, float, bool, None, list, dict) in messages and parameters") from None

@@ -37,6 +37,19 @@ def test_input_with_a_byte_order_mark_and_crlf_is_read(server, tmp_path):
     assert tok.returncode == 0 and "items: 2" in tok.stdout
 
 
+def test_a_file_saved_in_a_windows_code_page_is_named_as_not_utf8(server, tmp_path):
+    # cp1252 / Latin-1 "café": byte 0xE9 is not UTF-8. The line fails alone (as README says); the message must
+    # name the byte and the encoding, not a "lone surrogate" the user never wrote
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_bytes('{"prompt": "café"}\n{"prompt": "tea"}\n'.encode("cp1252"))
+    res = run(*batch_args(server, inp, out))
+    assert res.returncode == 1, res.stderr
+    assert f"{inp}:1:" in res.stderr and "0xe9" in res.stderr and "not UTF-8" in res.stderr
+    recs = {r["index"]: r for r in read_records(out)}
+    assert recs[1]["status"] == "success" and recs[0]["status"] == "error"
+    assert "0xe9" in recs[0]["error"] and "not UTF-8" in recs[0]["error"]
+
+
 def test_negative_limit_is_a_usage_error(server, tmp_path):
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_input(inp, 2)
