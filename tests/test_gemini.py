@@ -1,7 +1,8 @@
 """Gemini: the pure adapter's mappings, and every client method over real HTTP against flexllm.mock."""
-import os
 import datetime
 import logging
+import os
+import sys
 import threading
 
 import pytest
@@ -315,6 +316,13 @@ def test_vertex_without_credentials_is_a_clear_value_error_at_construction(tmp_p
     assert "access_token=" in res.stdout and "GOOGLE_APPLICATION_CREDENTIALS" in res.stdout
     assert "DefaultCredentialsError" not in res.stderr  # not chained: the traceback is flexllm's alone
     assert "SECRET-KEY" not in out
+
+
+def test_vertex_without_its_extra_is_a_value_error_naming_the_extra(monkeypatch):
+    """Like every missing extra (socks, http2, structured): a ValueError at construction naming what to install."""
+    monkeypatch.setitem(sys.modules, "google.auth", None)  # `import google.auth` raises ImportError
+    with pytest.raises(ValueError, match=r"flexllm\[vertex\]"):
+        GeminiClient(project_id="proj", use_vertex_ai=True)
 
 
 def test_vertex_credentials_that_cannot_refresh_are_flexllm_errors_before_any_request(server):

@@ -40,8 +40,8 @@ class VertexTokenProvider:
         try:
             import google.auth
         except ImportError:
-            raise LLMError('Vertex AI needs google-auth: pip install "flexllm[vertex]", '
-                           "or pass access_token=", provider="gemini") from None
+            raise ValueError('Vertex AI needs google-auth: pip install "flexllm[vertex]", '
+                             "or pass access_token=") from None
         from google.auth.exceptions import DefaultCredentialsError
 
         try:
