@@ -71,6 +71,12 @@ class ClientAPI:
     def _batch_runner(self) -> Any:
         raise NotImplementedError
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """Refused with a message saying what to do (pickle's own was "cannot pickle '_queue.SimpleQueue'")."""
+        raise TypeError(f"{type(self).__name__} cannot be pickled: it holds connections, threads and its API key. "
+                        "Build one in each process (a module-level client, or a Ray actor's constructor: "
+                        "flexllm.integrations.ray.LLMMapper) and pass picklable settings such as RateLimit instead")
+
     def close(self) -> None:
         """Release connections, the cache handle and the async thread pool."""
         executor, self._executor = self._executor, None

@@ -277,6 +277,22 @@ def test_async_calls_work_in_a_child_forked_after_the_parent_awaited(server):
     assert asyncio.run(c.chat_completions(user("parent again"))) == "echo: parent again"
 
 
+def test_pickling_a_client_says_what_to_do_instead(server):
+    """ProcessPoolExecutor / multiprocessing / a Ray task closing over a client pickle it: a message saying to
+    build one per process, not pickle's "cannot pickle '_queue.SimpleQueue' object" (and never the key)."""
+    import pickle
+
+    from flexllm import LLMClientPool
+
+    c = client_for(server, api_key="sk-pickle-SECRET-42")
+    c.chat_completions_sync(user("warm"))  # connections, cache and threads exist
+    pool = LLMClientPool(endpoints=[{"base_url": server.url, "model": "m"}])
+    for obj in (c, c.chat_completions_sync, pool):
+        with pytest.raises(TypeError, match="cannot be pickled") as info:
+            pickle.dumps(obj)
+        assert "LLMMapper" in str(info.value) and "SECRET" not in str(info.value)
+
+
 def test_api_key_never_in_exception_or_logs(server, caplog):
     caplog.set_level(logging.DEBUG)
     key = "sk-test-SECRET-0123456789"
