@@ -146,3 +146,20 @@ def test_a_hand_edited_line_that_is_not_an_answer_is_asked_again(tmp_path, serve
     out = mapper({"id": [1], "prompt": ["q"]})
     assert list(out["status"]) == ["success"] and list(out["output"]) == ["echo: q"]
     assert len(server.requests) == 1
+
+
+def test_rows_sharing_an_id_resume_each_by_its_prompt_without_a_false_warning(tmp_path, server, caplog_flexllm):
+    """Duplicate ids (a dataset joined twice, ids per source file): each row resumes from the record of its own
+    prompt; no warning that a prompt changed when nothing is asked again."""
+    rows = {"id": [1, 1, 2], "prompt": ["A", "B", "C"]}
+    LLMMapper(model="m", base_url=server.url, id_column="id", checkpoint_dir=str(tmp_path))(rows)
+    assert len(server.requests) == 3
+    caplog_flexllm.clear()
+    out = LLMMapper(model="m", base_url=server.url, id_column="id", checkpoint_dir=str(tmp_path))(rows)
+    assert list(out["status"]) == ["resumed"] * 3 and list(out["output"]) == ["echo: A", "echo: B", "echo: C"]
+    assert len(server.requests) == 3
+    assert not [r for r in caplog_flexllm.records if "different prompt" in r.getMessage()]
+    rows["prompt"][1] = "B2"  # now one really changed: asked again, and said so once
+    out = LLMMapper(model="m", base_url=server.url, id_column="id", checkpoint_dir=str(tmp_path))(rows)
+    assert list(out["status"]) == ["resumed", "success", "resumed"] and len(server.requests) == 4
+    assert any("1 checkpointed row(s) have a different prompt" in r.getMessage() for r in caplog_flexllm.records)

@@ -172,7 +172,7 @@ class RowCheckpoint:
             locs = [int(self._locs[j]) for j in range(int(left[pos]), int(right[pos]))] + self._recent.get(h, [])
             wanted.extend((loc >> _OFFSET_BITS, loc & mask, pos) for loc in locs)
         wanted.sort()
-        changed = 0
+        changed = set()  # rows with a record for another prompt (counted unless one for theirs turns up too)
         handle: Any = None
         current = -1
         try:
@@ -193,13 +193,14 @@ class RowCheckpoint:
                     same = False
                 if same:
                     found[pos] = record
-                elif pos not in found:
-                    changed += 1
+                else:
+                    changed.add(pos)
         finally:
             if handle is not None:
                 handle.close()
+        changed.difference_update(found)
         if changed:
-            logger.warning("%d checkpointed row(s) have a different prompt now: they are asked again", changed)
+            logger.warning("%d checkpointed row(s) have a different prompt now: they are asked again", len(changed))
         return found
 
     # -- writing -------------------------------------------------------------------------------------
