@@ -232,6 +232,8 @@ def _guarded(client: Any, run: Any, interrupted: str) -> Tuple[Optional[Dict[str
     except (IsADirectoryError, NotADirectoryError, FileNotFoundError, PermissionError) as exc:
         raise UsageError(f"cannot write the output file: {exc}") from None
     except OSError as exc:  # e.g. a full disk mid-run: what was written is whole, a rerun resumes
+        if exc.errno == errno.EROFS:  # nothing can be written there: a rerun would fail the same way
+            raise UsageError(f"cannot write the output file: {exc}") from None
         if exc.errno == errno.EPIPE:  # `-o - | head`: the reader left; nothing to resume from a pipe
             _stdout_gone()
             print("flexllm: the output pipe was closed by its reader; stopped", file=sys.stderr)

@@ -1,6 +1,8 @@
 """README promises of the `flexllm` command, attacked from outside (real subprocesses, the mock server)."""
 import json
 
+import pytest
+
 from .conftest import read_records
 from .test_cli import batch_args, run, write_input
 
@@ -48,6 +50,28 @@ def test_a_file_saved_in_a_windows_code_page_is_named_as_not_utf8(server, tmp_pa
     recs = {r["index"]: r for r in read_records(out)}
     assert recs[1]["status"] == "success" and recs[0]["status"] == "error"
     assert "0xe9" in recs[0]["error"] and "not UTF-8" in recs[0]["error"]
+
+
+def test_an_output_on_a_read_only_file_system_is_a_usage_error_not_rerun_to_resume(server, tmp_path):
+    """Nothing can be written there, so nothing was kept and a rerun fails the same way: exit 2 naming the
+    cause, no "results so far ... rerun to resume" (nor "submitted batches are in ..." for provider batches)."""
+    import subprocess
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {res.stderr.decode().strip()}")
+    try:
+        inp = tmp_path / "in.jsonl"
+        write_input(inp, 2)
+        for extra in ((), ("--provider-batch",)):
+            res = run(*batch_args(server, inp, ro / "out.jsonl", *extra))
+            assert res.returncode == 2, res.stderr
+            assert "Read-only file system" in res.stderr and "rerun" not in res.stderr.lower(), res.stderr
+        assert len(server.requests) == 0
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
 
 
 def test_negative_limit_is_a_usage_error(server, tmp_path):
