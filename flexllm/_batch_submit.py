@@ -17,7 +17,7 @@ from ._batch_ledger import Ledger, format_ranges
 from ._checkpoint import Checkpoint
 from ._logging import get_logger
 from ._messages import check_messages
-from ._pipeline import result_from_hit
+from ._results import result_from_hit
 from .errors import LLMError, NotFoundError
 from .providers.batch_base import BatchAPI
 

@@ -13,7 +13,7 @@ from ._checkpoint import Checkpoint
 from ._items import ItemParams
 from ._logging import get_logger
 from ._messages import check_messages
-from ._pipeline import result_from_hit
+from ._results import result_from_hit
 from ._record import same_json, to_item
 from .structured import response_schema
 from .types import BatchResultItem, ChatCompletionResult, reply_text

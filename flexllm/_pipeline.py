@@ -24,14 +24,13 @@ from .ratelimit import RateLimit
 from .retry import RetryPolicy, is_retryable
 from .structured import ResponseSchema, fill_parsed, prepare
 from .types import ChatCompletionResult
-from ._results import add_usage, result_from_hit  # noqa: F401  (re-exported: batches import them from here)
-from ._results import cache_entry, is_answer, result_from_cache, wire_params  # noqa: F401  (re-exported)
+from ._results import add_usage, cache_entry, is_answer, result_from_cache, wire_params
 from ._streaming import Opened, StreamingMixin  # noqa: F401  (Opened: re-exported for the pool)
 
 if TYPE_CHECKING:
     from .cache import ResponseCache
 
-__all__ = ["Outcome", "Pipeline", "add_usage", "result_from_hit", "wire_params"]
+__all__ = ["Outcome", "Pipeline"]
 
 logger = get_logger("flexllm")
 

@@ -39,7 +39,7 @@ from ._batch_submit import SubmitMixin
 from ._cancel import sigterm_as_interrupt
 from ._checkpoint import Checkpoint
 from ._logging import get_logger
-from ._pipeline import cache_entry, wire_params
+from ._results import cache_entry, wire_params
 from .errors import LLMError, NotFoundError
 from .pricing import BATCH_DISCOUNT, get_model_pricing, usage_cost
 from .progress import BatchProgress
