@@ -2,7 +2,8 @@
 
 One row per index (the item's finished record, else its latest error), sorted by index. Columns: index,
 status, prompt (the last user message's text), output, finish_reason, error, attempts, latency, token
-counts, tool_calls and parsed (as JSON text, when any item has them), then one column per metadata key.
+counts, tool_calls and parsed (as JSON text, when any item has them), then one column per metadata key
+(`metadata.status` for a key named like one of those columns).
 A text cell that a spreadsheet would run as a formula (`=`, `+`, `-`, `@` …) gets a leading `'`.
 Memory holds one file offset per index, never the records.
 """
@@ -53,12 +54,13 @@ def write_csv(jsonl_path: str, csv_path: str) -> int:
                         optional.setdefault(key, None)
             offset += len(raw)
         columns = _BASE + [k for k in _OPTIONAL if k in optional]
-        meta_columns = [k for k in meta_keys if k not in columns]
+        meta_columns = list(meta_keys)
         tmp = f"{csv_path}.tmp-{os.getpid()}"
         try:
             with open(tmp, "w", encoding="utf-8", newline="") as out:
                 writer = csv.writer(out)
-                writer.writerow(columns + meta_columns)
+                # a metadata field named like one of ours (an input's own "status") keeps its value as metadata.X
+                writer.writerow(columns + [f"metadata.{k}" if k in columns else k for k in meta_columns])
                 for index in sorted(best):
                     f.seek(best[index][1])
                     record = decode(f.readline()) or {}

@@ -121,6 +121,20 @@ def test_csv_format_for_spreadsheets(server, tmp_path):
     assert rows[2]["status"] == "error" and "HTTP 400" in rows[2]["error"]
 
 
+def test_csv_keeps_metadata_fields_named_like_its_own_columns(server, tmp_path):
+    """An input field called `status`, `error`, `output` or `index` (common in real data) is metadata: the CSV
+    must not silently drop it because a built-in column has that name."""
+    inp, out = tmp_path / "in.jsonl", tmp_path / "results.csv"
+    write_lines(inp, [{"prompt": "a", "id": 7, "status": "draft", "error": "none", "output": "x", "index": 70}])
+    res = batch(server, inp, out, "--format", "csv")
+    assert res.returncode == 0, res.stderr
+    with open(out, newline="", encoding="utf-8") as f:
+        [row] = list(csv.DictReader(f))
+    assert (row["index"], row["status"], row["output"], row["error"]) == ("0", "success", "echo: a", "")
+    assert row["id"] == "7" and row["metadata.status"] == "draft" and row["metadata.error"] == "none"
+    assert row["metadata.output"] == "x" and row["metadata.index"] == "70"
+
+
 def test_params_on_an_input_line(server, tmp_path):
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_lines(inp, [{"prompt": "a", "params": {"model": "other-model", "temperature": 0.9}},
