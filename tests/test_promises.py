@@ -202,3 +202,23 @@ def test_a_base_url_with_a_stray_newline_works_like_a_key_with_one(server):
         assert "".join(client.chat_completions_stream_sync(user("b"))) == "echo: b"
     done = run("ask", "hi", env={"FLEXLLM_BASE_URL": server.url + "\r", "FLEXLLM_MODEL": "m"})
     assert done.returncode == 0 and done.stdout.strip() == "echo: hi" and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_base_url_with_a_query_string_is_refused_not_sent_to_a_wrong_path(server):
+    """`base_url=".../v1?api-version=2024-06-01"` (Azure habits): paths were appended after the query, so every
+    request went to `/v1?api-version=…/chat/completions` and came back a 404 that did not say why. Refused at
+    construction, naming base_url but not the query's value (it may be a key); nothing is sent."""
+    from flexllm import ClaudeClient, LLMClientPool
+
+    from .test_cli import run
+
+    bad = server.url + "?api-key=SECRET-in-query"
+    for make in (lambda: LLMClient(model="m", base_url=bad),
+                 lambda: ClaudeClient(model="claude-haiku-4-5", base_url=server.root_url + "#frag", api_key="k"),
+                 lambda: LLMClientPool(endpoints=[{"base_url": bad, "model": "m"}])):
+        with pytest.raises(ValueError, match="base_url") as info:
+            make()
+        assert "SECRET" not in str(info.value) and "query string or fragment" in str(info.value)
+    done = run("ask", "hi", "--model", "m", "--base-url", bad)
+    assert done.returncode == 2 and "base_url" in done.stderr and "SECRET" not in done.stderr, done.stderr
+    assert server.requests == []

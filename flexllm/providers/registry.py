@@ -146,6 +146,10 @@ def make_adapter(name: str, *, base_url: Optional[str] = None, api_key: Optional
     own = {k: v for k, v in options.items() if k in provider.options}
     if isinstance(base_url, str):  # a CRLF .env or a pasted value: stripped like a key (clean_secret)
         base_url = base_url.strip() or None
+        if base_url and ("?" in base_url or "#" in base_url):  # paths are appended: they would land after it
+            raise ValueError("base_url holds a query string or fragment ('?…' / '#…'): request paths such as "
+                             "/chat/completions are appended to base_url, so give it without one (Azure OpenAI: "
+                             "https://RESOURCE.openai.azure.com/openai/v1)")
     return provider.adapter(base_url=base_url, api_key=resolve_key(provider, api_key, base_url), model=model,
                             thinking=thinking, default_headers=default_headers, **own)
 
