@@ -54,10 +54,10 @@ class Workers:
     def submit(self, *job: Any) -> None:
         """Queue one job (a worker picks it up as soon as one is free)."""
         self.outstanding += 1
+        self._jobs.put(job)  # first: a thread started below finds it at once instead of sleeping for it
         if len(self._loops) < min(self.size, self.outstanding):
             self._busy.append(False)
             self._loops.append(self._start(len(self._loops)))
-        self._jobs.put(job)
 
     def _start(self, slot: int) -> Any:
         """One more thread running `_loop`: the executor's; or, once the main thread has returned (the
