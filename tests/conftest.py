@@ -1,7 +1,9 @@
 """Shared fixtures: a real mock server on 127.0.0.1 per test module, fresh state per test."""
+import contextlib
 import json
 import logging
 import socket
+import subprocess
 import threading
 import time
 
@@ -85,3 +87,16 @@ class FakeClock:
     def sleep(self, seconds):
         with self.lock:
             self.now += seconds
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(path, options):
+    """A real tmpfs mounted at `path` (a directory) with mount `options` (e.g. "size=256k", "ro,size=64k"),
+    unmounted afterwards; the test is skipped where mounting is not allowed."""
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)

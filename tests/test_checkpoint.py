@@ -12,7 +12,7 @@ import pytest
 
 from flexllm import OpenAIClient
 
-from .conftest import count_lines, read_records, user, wait_for
+from .conftest import count_lines, mounted_tmpfs, read_records, user, wait_for
 
 
 def make_client(server, **kw):
@@ -43,13 +43,8 @@ def small_disk(tmp_path):
     """A real, nearly full file system: a 256 KiB tmpfs (skipped where mounting is not allowed)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(disk, "size=256k"):
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 def fill(disk, leave):

@@ -1,9 +1,7 @@
 """README promises of the `flexllm` command, attacked from outside (real subprocesses, the mock server)."""
 import json
 
-import pytest
-
-from .conftest import read_records
+from .conftest import mounted_tmpfs, read_records
 from .test_cli import batch_args, run, write_input
 
 
@@ -55,14 +53,9 @@ def test_a_file_saved_in_a_windows_code_page_is_named_as_not_utf8(server, tmp_pa
 def test_an_output_on_a_read_only_file_system_is_a_usage_error_not_rerun_to_resume(server, tmp_path):
     """Nothing can be written there, so nothing was kept and a rerun fails the same way: exit 2 naming the
     cause, no "results so far ... rerun to resume" (nor "submitted batches are in ..." for provider batches)."""
-    import subprocess
-
     ro = tmp_path / "ro"
     ro.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {res.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(ro, "ro,size=64k"):
         inp = tmp_path / "in.jsonl"
         write_input(inp, 2)
         for extra in ((), ("--provider-batch",)):
@@ -70,8 +63,6 @@ def test_an_output_on_a_read_only_file_system_is_a_usage_error_not_rerun_to_resu
             assert res.returncode == 2, res.stderr
             assert "Read-only file system" in res.stderr and "rerun" not in res.stderr.lower(), res.stderr
         assert len(server.requests) == 0
-    finally:
-        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
 
 
 def test_negative_limit_is_a_usage_error(server, tmp_path):
