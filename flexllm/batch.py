@@ -184,10 +184,13 @@ class BatchJob:
             close = functools.partial(self._close, pool, in_flight, progress, checkpoint, started,
                                       interrupted, completed and not self._stop.is_set())
             if consumer_left and pool.outstanding and not sys.is_finalizing():  # never make a `break` wait
-                if in_flight:
-                    logger.warning("batch stopped by its consumer: %d request(s) in flight will be kept%s when they "
-                                   "finish; items not started are not; rerun to resume", in_flight,
-                                   f" in {checkpoint.path}" if checkpoint else "")
+                if in_flight and checkpoint is not None:
+                    logger.warning("batch stopped by its consumer: %d request(s) in flight will be kept in %s when "
+                                   "they finish; items not started are not; rerun to resume", in_flight,
+                                   checkpoint.path)
+                elif in_flight:  # no output file: nothing is kept, nothing can be resumed
+                    logger.warning("batch stopped by its consumer: %d request(s) in flight finish in the background "
+                                   "and their answers are dropped (no output_file)", in_flight)
                 threading.Thread(target=close, name="flexllm-batch-close").start()
             else:
                 close()
@@ -210,11 +213,11 @@ class BatchJob:
             logger.warning("%d resumed item(s) kept the metadata stored with them, which differs from "
                            "metadata_list (delete their records to redo them with the new metadata)",
                            self.intake.meta_differs)
-        if interrupted or (in_flight and self.stopped_reason == "consumer stopped"):
+        if checkpoint is not None and (interrupted or (in_flight and self.stopped_reason == "consumer stopped")):
             kept = self._kept
-            logger.warning("batch %s: results so far are kept%s (%d answer(s) that were in flight "
+            logger.warning("batch %s: results so far are kept in %s (%d answer(s) that were in flight "
                            "included); rerun to resume", "interrupted" if interrupted else "stopped by its consumer",
-                           f" in {checkpoint.path}" if checkpoint else "", kept)
+                           checkpoint.path, kept)
 
     def _drain(self, pool: Workers) -> None:
         """After Ctrl-C/SIGTERM: keep the answers already on their way; a second Ctrl-C abandons them."""

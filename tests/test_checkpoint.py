@@ -7,6 +7,7 @@ import logging
 import os
 import stat
 import subprocess
+import threading
 
 import pytest
 
@@ -252,6 +253,20 @@ def test_breaking_out_keeps_every_answer_in_flight(server, tmp_path, caplog_flex
     assert sorted({r["index"] for r in read_records(out)}) == sorted(
         int(r.body["messages"][0]["content"][1:]) for r in server.requests)
     assert any("kept" in r.getMessage() for r in caplog_flexllm.records)
+
+
+def test_breaking_out_without_an_output_file_never_says_rerun_to_resume(server, caplog_flexllm):
+    """Without output_file nothing is kept and nothing can be resumed: the log lines must not promise it."""
+    server.configure(latency=0.3)
+    client = make_client(server, concurrency_limit=6)
+    for _ in client.iter_chat_completions_batch([user(f"n{i}") for i in range(100)]):
+        break
+    # the answers in flight are waited for on a background thread, which logs when they are in: wait for it
+    wait_for(lambda: not [t for t in threading.enumerate() if t.name == "flexllm-batch-close"],
+             what="the batch to finish the requests in flight")
+    said = [r.getMessage() for r in caplog_flexllm.records if "consumer" in r.getMessage()]
+    assert said and not [m for m in said if "resume" in m or "kept" in m], said
+    assert client.chat_completions_sync(user("after")) == "echo: after"
 
 
 def test_breaking_out_of_the_async_iterator_keeps_answers_in_flight(server, tmp_path):
