@@ -322,10 +322,21 @@ def _ask(args: argparse.Namespace) -> int:
         [{"role": "user", "content": question}]
     client = _client(args)
     try:
-        for piece in client.chat_completions_stream_sync(messages, **_params(args)):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
+        text, finish = False, None
+        for event in client.chat_completions_stream_sync(messages, events=True, **_params(args)):
+            piece = event.content
+            if not piece and event.result is not None and not text and event.result.tool_calls:
+                piece = event.result.text  # a reply that only calls tools: its calls as JSON (as the text API)
+            if piece:
+                text = True
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            finish = event.finish_reason or finish
         sys.stdout.write("\n")
+        if finish == "length":  # a truncated answer looks like a whole one on a terminal: say so
+            sys.stdout.flush()
+            print("flexllm: the answer was cut off at the token limit (finish_reason=length); raise --max-tokens",
+                  file=sys.stderr)
     except LLMError as exc:
         print(f"\nflexllm: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -160,6 +160,17 @@ def test_ask_streams_answer_from_argument_and_stdin(server):
     assert res.stdout == "echo: from stdin\n"
 
 
+def test_ask_says_when_the_answer_was_cut_off_and_prints_tool_calls(server):
+    res = run("ask", "[[mock:finish=length]] a long story", "--model", "m", "--base-url", server.url,
+              "--max-tokens", "5")
+    assert res.returncode == 0 and res.stdout == "echo: a long story\n"  # what arrived, then one line on stderr
+    assert "cut off" in res.stderr and "--max-tokens" in res.stderr
+    res = run("ask", "plain", "--model", "m", "--base-url", server.url)
+    assert res.stderr == ""
+    res = run("ask", '[[mock:tool=lookup;tool_args={"q": 1}]] go', "--model", "m", "--base-url", server.url)
+    assert res.returncode == 0 and '"lookup"' in res.stdout  # a reply that only calls tools is never empty
+
+
 def test_ask_error_exit_1_without_key(server):
     res = run("ask", "[[mock:status=401]] x", "--model", "m", "--base-url", server.url, "--api-key", KEY)
     assert res.returncode == 1 and "401" in res.stderr and KEY not in res.stderr + res.stdout
