@@ -88,7 +88,7 @@ class ResponseCache:
     def __init__(self, config: ResponseCacheConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.ttl = config.ttl  # checked by the config; 0.5 s stays 0.5 s (int() made it 0: never expires)
-        self.directory = os.path.abspath(os.path.expanduser(config.cache_dir))
+        self.directory = _cache_directory(config.cache_dir)
         self.path = os.path.join(self.directory, CACHE_FILENAME)
         self._clock = clock
         self._lock = threading.Lock()
@@ -106,11 +106,11 @@ class ResponseCache:
         if config is None or not config.enabled:
             return None
         shared = clock is time.time
-        key = (os.path.abspath(os.path.expanduser(config.cache_dir)), config.ttl, config.use_ipc)
         with _OPEN_LOCK:
-            if shared and key in _OPEN:  # clients of one process share one handle: one ordered writer
-                return _OPEN[key]
             try:
+                key = (_cache_directory(config.cache_dir), config.ttl, config.use_ipc)
+                if shared and key in _OPEN:  # clients of one process share one handle: one ordered writer
+                    return _OPEN[key]
                 cache = cls(config, clock=clock)
             except Exception as exc:
                 cls._warn_unusable(config, exc)
@@ -252,6 +252,17 @@ class ResponseCache:
 
     def __repr__(self) -> str:
         return f"ResponseCache(path={self.path!r}, ttl={self.ttl})"
+
+
+def _cache_directory(cache_dir: str) -> str:
+    """The absolute cache directory; an OSError (so: one warning, then uncached) when `~` names no home
+    (HOME unset and a user without a passwd entry, as containers run with an arbitrary uid) — never a
+    directory literally named `~` in the working directory."""
+    path = os.path.expanduser(cache_dir)
+    if path.startswith("~"):
+        raise OSError(f"{cache_dir!r} starts with '~' but there is no home directory (HOME is not set); set HOME "
+                      "or give cache_dir an absolute path")
+    return os.path.abspath(path)
 
 
 class _QuietLog:

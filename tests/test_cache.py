@@ -304,3 +304,22 @@ def test_a_fractional_ttl_expires_instead_of_becoming_never(tmp_path):
         assert cache.get("k")["content"] == "v"
         clock.now += 1
         assert cache.get("k") is None, i
+
+
+def test_no_home_directory_means_uncached_with_one_warning_never_a_literal_tilde_dir(server, tmp_path, monkeypatch,
+                                                                                    caplog):
+    # HOME unset and a uid without a passwd entry (containers): expanduser leaves "~" as it is
+    import logging
+    import os
+
+    from flexllm import OpenAIClient, ResponseCacheConfig
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os.path, "expanduser", lambda p: p)
+    c = OpenAIClient(base_url=server.url, model="m", cache=ResponseCacheConfig.persistent())
+    with caplog.at_level(logging.WARNING, logger="flexllm"):
+        assert c.chat_completions_sync([{"role": "user", "content": "hi"}]) == "echo: hi"
+    c.close()
+    assert not (tmp_path / "~").exists()
+    warnings = [r.getMessage() for r in caplog.records if "response cache disabled" in r.getMessage()]
+    assert len(warnings) == 1 and "HOME" in warnings[0]
