@@ -264,7 +264,8 @@ class ClientAPI:
                      metadata_list: Optional[List[dict]] = None, wait: bool = False,
                      fallback_online_after: Optional[float] = None, *, model: Optional[str] = None,
                      poll_interval: float = 30.0, show_progress: bool = False, skip_cache: bool = False,
-                     dry_run: bool = False, **kwargs: Any) -> Dict[str, Any]:
+                     dry_run: bool = False, max_batch_attempts: Optional[int] = 3,
+                     **kwargs: Any) -> Dict[str, Any]:
         """Half-price provider batch (OpenAI Batch API, Anthropic Message Batches, Gemini batch mode).
 
         One call collects finished provider batches, submits what is neither done nor in flight, and
@@ -273,17 +274,20 @@ class ClientAPI:
         Call it again (e.g. from cron) with the same arguments to collect finished batches into
         `output_file` and submit what is left; `wait=True` polls until nothing is in flight;
         `fallback_online_after` (hours) sends items of a batch unfinished after that long through the
-        live engine. See `flexllm.provider_batch` and README "Half-price batches".
+        live engine; an item the provider answered with an error in `max_batch_attempts` batches (same
+        input) is not submitted again (None: no cap). See `flexllm.provider_batch` and README "Half-price
+        batches".
         """
         return self._submit_batch(messages_list, output_file, metadata_list, wait, fallback_online_after, model=model,
                                   poll_interval=poll_interval, show_progress=show_progress, skip_cache=skip_cache,
-                                  dry_run=dry_run, **kwargs)
+                                  dry_run=dry_run, max_batch_attempts=max_batch_attempts, **kwargs)
 
     def _submit_batch(self, messages_list: Iterable[List[dict]], output_file: str = "out.jsonl",
                       metadata_list: Optional[List[dict]] = None, wait: bool = False,
                       fallback_online_after: Optional[float] = None, *, model: Optional[str] = None,
                       poll_interval: float = 30.0, show_progress: bool = False, skip_cache: bool = False,
-                      dry_run: bool = False, stop: Optional[threading.Event] = None, **kwargs: Any) -> Dict[str, Any]:
+                      dry_run: bool = False, stop: Optional[threading.Event] = None,
+                      max_batch_attempts: Optional[int] = 3, **kwargs: Any) -> Dict[str, Any]:
         from .provider_batch import ProviderBatchJob
 
         _refuse_events(kwargs)
@@ -291,7 +295,7 @@ class ClientAPI:
         job = ProviderBatchJob(self, self._model(model), kwargs, output_file=output_file,
                                metadata_list=metadata_list, wait=wait, fallback_online_after=fallback_online_after,
                                poll_interval=poll_interval, show_progress=show_progress, skip_cache=skip_cache,
-                               stop=stop)
+                               stop=stop, max_batch_attempts=max_batch_attempts)
         return job.run(messages_list, dry_run=dry_run)
 
     async def asubmit_batch(self, messages_list: Iterable[List[dict]], **kwargs: Any) -> Dict[str, Any]:

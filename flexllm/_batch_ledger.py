@@ -14,8 +14,10 @@ metadata / display name) and `"time"` (unix seconds). Events:
     {"event": "status",  "tag", "batch_id", "status", "counts"?}  a status change seen while polling
     {"event": "fallback", "tag", "batch_id"}                      unfinished after --fallback-online-after:
         cancelled at the provider, its items sent through the live engine
-    {"event": "collected", "tag", "batch_id", "status", "succeeded", "errored", "returned"}
-        results joined into the output file; "returned" items (expired, cancelled, missing) are free again
+    {"event": "collected", "tag", "batch_id", "status", "succeeded", "errored", "returned", "failed"?}
+        results joined into the output file; "returned" items (expired, cancelled, missing) are free again;
+        "failed" lists the custom_ids ("<index>-<input digest>") of items the provider answered with an error
+        (counted against max_batch_attempts: an item failing that often is not submitted again)
 
 An intent with neither `created` nor `abandoned` means a run died around the create call: the next run
 lists the provider's recent batches and matches the tag before anything is resubmitted.
@@ -26,6 +28,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from collections import Counter
 from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 from ._logging import get_logger
@@ -77,6 +80,7 @@ class LedgerBatch:
     abandoned: bool = False
     fallback: bool = False
     collected: bool = False
+    failed: List[str] = field(default_factory=list)  # custom_ids the provider answered with an error
     extra: Dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -148,6 +152,8 @@ class Ledger:
             b.fallback = True
         elif kind == "collected":
             b.collected, b.status = True, e.get("status")
+            failed = e.get("failed")
+            b.failed = [str(c) for c in failed] if isinstance(failed, list) else []
 
     def append(self, event: str, tag: str, **fields: Any) -> None:
         """Write one event as one whole line (on disk before the next step), then apply it."""
@@ -168,6 +174,10 @@ class Ledger:
     def in_flight(self) -> List[LedgerBatch]:
         """Submissions whose items are still at the provider (or may be: unresolved intents)."""
         return [b for b in self.batches.values() if b.live or b.unresolved]
+
+    def failures(self) -> Counter:
+        """custom_id → in how many collected batches the provider answered that item with an error."""
+        return Counter(cid for b in self.batches.values() for cid in b.failed)
 
     def busy_indexes(self) -> set:
         """Indexes in a live batch or an unresolved intent (never submitted again while so)."""

@@ -10,7 +10,7 @@ import json
 import os
 import uuid
 from collections import Counter
-from typing import Any, Iterable, List, Optional, Set
+from typing import Any, Dict, Iterable, List, Optional, Set
 
 from ._batch_api import custom_id, definitive
 from ._batch_ledger import Ledger, format_ranges
@@ -44,13 +44,36 @@ class SubmitMixin:
     counts: Counter
     errors: Counter
     _submitted_now: Set[int]
+    _gave_up: Set[int]
+    max_batch_attempts: Optional[int]
 
     def _free(self) -> Iterable[int]:
         busy = self.ledger.busy_indexes()
         done = self.checkpoint.done
+        spent, before = self._spent(), len(self._gave_up)
         for i in range(len(self.messages)):
-            if i not in done and i not in busy and i not in self._submitted_now:
-                yield i
+            if i not in done and i not in busy:
+                if i in spent and custom_id(i, self.messages[i]) in spent[i]:
+                    self._gave_up.add(i)  # the same input failed max_batch_attempts times: not again
+                elif i not in self._submitted_now:
+                    yield i
+        if len(self._gave_up) > before:  # once per run, not at every poll of a waiting run
+            logger.warning("%d item(s) failed in %d provider batches each and are not submitted again (indexes %s): "
+                           "their error records say why; fix those inputs (an edited input counts afresh) or "
+                           "raise max_batch_attempts", len(self._gave_up), self.max_batch_attempts,
+                           format_ranges(sorted(self._gave_up)))
+
+    def _spent(self) -> Dict[int, Set[str]]:
+        """index → custom_ids that failed max_batch_attempts times (only those: failures are few)."""
+        cap = self.max_batch_attempts
+        out: Dict[int, Set[str]] = {}
+        if cap is None:
+            return out
+        for cid, n in self.ledger.failures().items():
+            index = cid.partition("-")[0]
+            if n >= cap and index.isdigit():
+                out.setdefault(int(index), set()).add(cid)
+        return out
 
     def _submit(self) -> None:
         cap_n = min(self.api.MAX_REQUESTS, self.max_requests or self.api.MAX_REQUESTS)

@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --provider-batch: items of a batch unfinished after HOURS go through live requests")
     pb.add_argument("--poll-interval", type=_positive(float), default=30.0, metavar="SECONDS",
                     help="with --wait: seconds between status checks (default 30)")
+    pb.add_argument("--max-batch-attempts", type=_positive(int, zero=True), default=3, metavar="N",
+                    help="with --provider-batch: an item the provider answered with an error in N batches is not "
+                         "submitted again (default 3; 0 = no cap)")
     b.add_argument("--dry-run", action="store_true", help="count tokens and show the estimated cost (with "
                                                           "--provider-batch: at the batch price); send nothing")
     k = b.add_argument_group("what to ask for and keep")

@@ -252,6 +252,7 @@ def _provider_batch(args: argparse.Namespace, client: Any, messages_list: List[L
     summary, code = _guarded(client, lambda: client.submit_batch(
         messages_list, output_file=args.output, metadata_list=metadata, wait=args.wait,
         fallback_online_after=args.fallback_online_after, poll_interval=args.poll_interval,
+        max_batch_attempts=args.max_batch_attempts or None,
         show_progress=args.wait and not args.no_progress, dry_run=getattr(args, "dry_run", False), **params),
         f"submitted batches are in {args.output}.batches and results so far in {args.output}. "
         "Rerun the same command to collect and continue.")
@@ -269,6 +270,10 @@ def _provider_batch(args: argparse.Namespace, client: Any, messages_list: List[L
     elif summary["in_flight"]:
         lines.append("items are still at the provider: rerun the same command later to collect them")
         code = EXIT_PENDING
+    elif summary.get("gave_up") and summary["gave_up"] + summary["done"] == summary["total"]:
+        lines.append(f"{summary['gave_up']} item(s) failed in {args.max_batch_attempts} provider batches each and are "
+                     "not submitted again: their error records say why; fix those inputs or raise --max-batch-attempts")
+        code = EXIT_FAILED
     else:
         lines.append("some items failed or could not be submitted; rerun the same command to retry them")
         code = EXIT_FAILED

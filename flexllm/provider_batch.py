@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from ._batch_api import BatchCaller, batch_api_for, custom_id
 from ._batch_ledger import Ledger, LedgerBatch
@@ -68,7 +68,7 @@ class ProviderBatchJob(SubmitMixin):
                  fallback_online_after: Optional[float] = None, poll_interval: float = 30.0,
                  show_progress: bool = False, skip_cache: bool = False, max_requests: Optional[int] = None,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
-                 stop: Optional[threading.Event] = None) -> None:
+                 stop: Optional[threading.Event] = None, max_batch_attempts: Optional[int] = 3) -> None:
         if not output_file:
             raise ValueError("provider batch mode needs output_file= (results and the ledger live beside it)")
         if Checkpoint.is_stream_path(os.fspath(output_file)):
@@ -88,6 +88,11 @@ class ProviderBatchJob(SubmitMixin):
         if per_call:  # the requests are the batch's (upload, create, poll), never one item's: never drop them
             raise ValueError(f"submit_batch does not take {', '.join(per_call)}: per-call headers cannot travel "
                              "with batch items; give the client default_headers= (sent on every batch request)")
+        if max_batch_attempts is not None and (isinstance(max_batch_attempts, bool)
+                                               or not isinstance(max_batch_attempts, int) or max_batch_attempts < 1):
+            raise ValueError(f"max_batch_attempts must be an int >= 1 (or None: no cap), got {max_batch_attempts!r}")
+        #: provider batches an item may fail in (an error answer for it) before it is no longer submitted
+        self.max_batch_attempts = max_batch_attempts
         self.client, self.model, self.params = client, model, params
         #: what the adapter and the cache key see (a schema response_format in its wire form), checked now
         self.wire = wire_params(params)
@@ -112,6 +117,7 @@ class ProviderBatchJob(SubmitMixin):
         self.tokens: Counter = Counter()
         self.errors: Counter = Counter()
         self._submitted_now: set = set()
+        self._gave_up: set = set()  # indexes not submitted again: they failed max_batch_attempts times
 
     # -- the run -------------------------------------------------------------------------------------
     def run(self, messages_list: Iterable[Any], *, dry_run: bool = False) -> Dict[str, Any]:
@@ -219,6 +225,7 @@ class ProviderBatchJob(SubmitMixin):
         members = set(indexes)
         succeeded = errored = 0
         answered: set = set()
+        failed: List[str] = []  # custom_ids the provider (or the reply's validation) answered with an error
         results = self.api.results(b.batch_id, state, ids) if download else ()  # type: ignore[arg-type]
         for item in results:
             index_text, _, digest = item.custom_id.partition("-")
@@ -244,12 +251,14 @@ class ProviderBatchJob(SubmitMixin):
                 except LLMError as exc:
                     self._write_error(index, f"{type(exc).__name__}: {exc}", b)
                     errored += 1
+                    failed.append(item.custom_id)
                     continue
                 self._write_success(index, result, b)
                 succeeded += 1
             else:
                 self._write_error(index, item.error or "BatchItemError: no result", b)
                 errored += 1
+                failed.append(item.custom_id)
         returned = len(indexes) - len(answered)
         if state.error:
             logger.warning("batch %s ended %s: %s", b.batch_id, state.status, state.error)
@@ -258,7 +267,7 @@ class ProviderBatchJob(SubmitMixin):
             logger.info("batch %s ended %s: %d items without a result will be submitted again", b.batch_id,
                         state.status, returned)
         self.ledger.append("collected", b.tag, batch_id=b.batch_id, status=state.status, succeeded=succeeded,
-                           errored=errored, returned=returned)
+                           errored=errored, returned=returned, failed=failed or None)
         self.counts["batches_collected"] += 1
 
     def _overdue(self, b: LedgerBatch) -> bool:
@@ -348,6 +357,7 @@ class ProviderBatchJob(SubmitMixin):
             "batches_collected": self.counts["batches_collected"],
             "cached": self.counts["cached"],
             "failed": self.counts["failed"],
+            "gave_up": len(self._gave_up),
             "returned": self.counts["returned"],
             "fallback_online": self.counts["fallback_online"],
             "submit_failed": self.counts["submit_failed"],

@@ -189,6 +189,34 @@ def test_partially_failed_batch_records_per_item_errors_then_retries_them(server
     assert by_index(out)[2]["output"] == "echo: q2"
 
 
+@pytest.mark.parametrize("make", ["openai", "anthropic"])
+def test_an_item_the_provider_always_rejects_is_given_up_after_max_batch_attempts(server, tmp_path, make):
+    # without a cap a waiting run (or a cron loop "until exit 0") resubmitted it for ever
+    server.configure(batch_time_scale=FAST)
+    server.add_rule(contains="q2", batch_error=400)  # every time
+    out = str(tmp_path / "o.jsonl")
+    with CLIENTS[make](server) as client:
+        runs = [client.submit_batch(prompts(4), output_file=out, wait=True, poll_interval=0.02) for _ in range(3)]
+        assert [r["gave_up"] for r in runs] == [0, 0, 1]  # each run submits an item at most once
+        first = runs[-1]
+        assert first["in_flight"] == 0 and not first["complete"]
+        assert first["done"] == 3 and by_index(out)[2]["status"] == "error"
+        sent = _submissions(server)
+        assert [n for cid, n in sent.items() if cid.startswith("2-")] == [3]  # the default cap
+        again = client.submit_batch(prompts(4), output_file=out)  # a cron rerun: nothing goes out again
+        assert again["submitted"] == 0 and again["gave_up"] == 1
+        more = client.submit_batch(prompts(4), output_file=out, wait=True, poll_interval=0.02, max_batch_attempts=4)
+        assert more["submitted"] == 1 and more["gave_up"] == 1
+        fixed = prompts(4)
+        fixed[2] = [{"role": "user", "content": "the second question, reworded"}]  # an edited input counts afresh
+        done = client.submit_batch(fixed, output_file=out, wait=True, poll_interval=0.02)
+    assert done["complete"] and done["gave_up"] == 0
+    failed = [e for e in ledger(out) if e["event"] == "collected" and e.get("failed")]
+    assert len(failed) == 4 and all(e["failed"][0].startswith("2-") for e in failed)
+    with pytest.raises(ValueError, match="max_batch_attempts"):
+        CLIENTS[make](server).submit_batch(prompts(1), output_file=out, max_batch_attempts=0)
+
+
 def die_after_create(monkeypatch, api_class, make_client, out, n):
     """One run whose process 'dies' right after the provider created the batch, before the `created` line."""
     real_create = api_class.create

@@ -188,3 +188,18 @@ def test_schema_flag_works_with_provider_batches_as_the_readme_says(server, tmp_
     records = read_records(out)
     assert len(records) == 3 and all(r["via"] == "provider-batch" and isinstance(r["parsed"], dict)
                                      and "name" in r["parsed"] for r in records), records
+
+
+def test_a_cron_loop_ends_when_an_always_failing_item_is_given_up(server, tmp_path):
+    # "rerun until exit 0" never ended with an item the provider rejects every time: after
+    # --max-batch-attempts failed batches the run says so and exits 1 without submitting it again
+    server.configure(batch_time_scale=86400 * 20)
+    server.add_rule(contains="q1", batch_error=400)
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(inp, 3)
+    codes = [run(*args(server, inp, out, "--wait", "--poll-interval", "0.02", "--max-batch-attempts", "2"))
+             for _ in range(3)]
+    assert [c.returncode for c in codes] == [1, 1, 1]
+    assert "not submitted again" not in codes[0].stderr and "--max-batch-attempts" in codes[1].stderr
+    assert summary_of(codes[2].stderr)["gave_up"] == "1" and summary_of(codes[2].stderr)["submitted"] == "0"
+    assert sum(1 for b in server.batches for cid in b["custom_ids"] if cid.startswith("1-")) == 2
