@@ -26,7 +26,7 @@ _LINGER = 0.05  # seconds the consumer waits for them at most: the delay an outc
 
 
 class Workers:
-    """Up to `size` threads running `fn(*job)`; each outcome `(result, exception)` is put on `done`.
+    """Up to `size` threads running `fn(*job)`; each outcome `(result, exception)` is handed to `take`.
 
     Threads start as jobs arrive (never more than the jobs outstanding), so a small batch on a client with
     a large concurrency starts few. Not thread-safe on the submitting side: one thread submits and takes.
@@ -86,32 +86,28 @@ class Workers:
         """The next outcome (blocking; interruptible by Ctrl-C): the job's result, or its exception raised."""
         done = self._done
         while not done:
-            self._wait()
+            queued = self._jobs.qsize()  # wake for enough outcomes to refill half the queued jobs, at most _GATHER
+            self._sleep(max(1, min(_GATHER, self.outstanding, queued // 2 if queued else _GATHER)), _LINGER)
         result, exc = done.popleft()
         self.outstanding -= 1
         if exc is not None:
             raise exc
         return result
 
-    def _wait(self) -> None:
-        """Sleep until some outcomes are ready: not one wake-up per outcome, which at concurrency 1,000 made
-        the consumer a thousand context switches a second, but enough of them to refill half the queued jobs
-        (so no worker starves), at most `_GATHER`, and never longer than `_LINGER` while at least one waits."""
-        queued = self._jobs.qsize()
-        pending = self.outstanding - len(self._done)
-        want = min(_GATHER, pending, queued // 2 if queued else _GATHER)
-        self._want = max(1, want)
+    def _sleep(self, want: int, timeout: float) -> bool:
+        """Sleep until `want` outcomes are ready, at most `timeout`; False when it timed out.
+
+        Not one wake-up per outcome: at concurrency 1,000 that made the consumer a thousand context switches
+        a second. `_want` is set before the check, so a worker finishing meanwhile is never missed."""
+        self._want = want
         try:
-            while True:
-                if len(self._done) >= self._want:
-                    return  # ready before the bell could be heard (checked after `_want` is set: no lost wake-up)
-                try:
-                    self._bell.get(timeout=_LINGER)
-                except queue.Empty:
-                    if self._done:
-                        return
-                    continue
-                return
+            if len(self._done) >= want:
+                return True
+            try:
+                self._bell.get(timeout=timeout)
+                return True
+            except queue.Empty:
+                return False
         finally:
             self._want = 0
             while True:  # a bell rung twice (two workers saw `_want` together) is not heard twice
@@ -131,16 +127,8 @@ class Workers:
         done = self._done
         while self.outstanding > 0:
             if not done:
-                self._want = 1
-                try:
-                    if not done:
-                        self._bell.get(timeout=1.0)
-                except queue.Empty:
-                    if self._jobs.empty() and not any(self._busy) and not done:
-                        self.outstanding = 0
-                    continue
-                finally:
-                    self._want = 0
+                if not self._sleep(1, 1.0) and not done and self._jobs.empty() and not any(self._busy):
+                    self.outstanding = 0
                 continue
             result, exc = done.popleft()
             self.outstanding -= 1
