@@ -55,8 +55,10 @@ class Intake:
         base = self.items.effective(None)
         for index, messages, own in chunk:
             meta = self.metadata(index) if self.metadata_list is not None else None
+            plain = None
             if checkpoint is not None:
-                record = checkpoint.resume(index, messages, self.items.plain(own))
+                plain = self.items.plain(own)  # a JSON round trip for own params: done once, used below too
+                record = checkpoint.resume(index, messages, plain)
                 if record is not None:
                     if meta is not None and "metadata" in record and not same_json(record["metadata"], meta):
                         self._differs_at(index)
@@ -65,10 +67,11 @@ class Intake:
             try:
                 check_messages(messages)
                 if own is None:
-                    (model, params), plain = base, None
+                    model, params = base
                 else:
                     model, params = self.items.effective(own)
-                    plain = self.items.plain(own)
+                    if checkpoint is None:
+                        plain = self.items.plain(own)
             except ValueError as exc:  # this item fails alone; the batch goes on
                 self._on_invalid()
                 finished.append((BatchResultItem(index, None, None, "error", f"ValueError: item {index}: {exc}", 0.0,

@@ -168,6 +168,7 @@ def test_expired_or_failed_batch_items_are_resubmitted_never_lost(server, tmp_pa
     assert len(resubmitted) == returned and max(counts.values()) == 2
     statuses = [e.get("status") for e in ledger(out) if e["event"] == "collected"]
     assert statuses[0] == ("expired" if fault == "expire" else "failed")
+    assert not any(e.get("failed") for e in ledger(out))  # returned items never count against max_batch_attempts
 
 
 def test_partially_failed_batch_records_per_item_errors_then_retries_them(server, tmp_path):
